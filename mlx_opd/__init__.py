@@ -1,0 +1,8 @@
+"""mlx-opd: Vision-OPD (on-policy self-distillation for VLMs) on Apple's MLX."""
+
+from . import blas as _blas
+
+__version__ = "0.1.0"
+
+# Must run before anything imports mlx.core (see blas.py); it is a cheap ctypes call.
+_blas.preload()

@@ -1,0 +1,213 @@
+"""The `mlx-opd` command line: parse, build a config, call one library function.
+
+Heavy imports (mlx, mlx-vlm, transformers) happen inside the commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+
+
+def _offline_if_local(model: str) -> None:
+    # mlx-vlm probes the hub for optional processor files; a local folder needs no network.
+    if Path(model).expanduser().exists():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e))
+
+
+def pixel_options(f):
+    f = click.option("--resized-width", type=int, help="Explicit image width (with --resized-height).")(f)
+    f = click.option("--resized-height", type=int, help="Explicit image height (with --resized-width).")(f)
+    f = click.option("--max-pixels", type=int, help="Upper bound on image pixels (processor resize).")(f)
+    f = click.option("--min-pixels", type=int, help="Lower bound on image pixels (processor resize).")(f)
+    return f
+
+
+def view_options(f):
+    f = click.option("--min-crop-side", type=int, default=None, help="Minimum crop side after zoom (px).")(f)
+    f = click.option("--zoom", type=float, default=None, help="Teacher crop zoom factor (default 2).")(f)
+    f = click.option("--crop-margin", type=float, default=None, help="Crop margin, fraction of box side (default 0).")(f)
+    f = click.option("--box-width", type=int, default=None, help="Red box line width in px (default 3).")(f)
+    f = click.option("--no-hint", is_flag=True, help="Do not append the authors' hint to the student text.")(f)
+    f = click.option("--no-box", is_flag=True, help="Do not draw the red box on the student image.")(f)
+    return f
+
+
+def _pixels(kw):
+    from .config import PixelConfig
+
+    return PixelConfig(kw.pop("min_pixels"), kw.pop("max_pixels"), kw.pop("resized_height"),
+                       kw.pop("resized_width"))
+
+
+def _view_cfg(kw):
+    from .config import ViewConfig
+
+    changes = {"draw_box": not kw.pop("no_box")}
+    if kw.pop("no_hint"):
+        changes["hint"] = None
+    for key in ("box_width", "crop_margin", "zoom", "min_crop_side"):
+        v = kw.pop(key)
+        if v is not None:
+            changes[key] = v
+    return ViewConfig(**changes)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlx-opd")
+def main():
+    """Vision-OPD on MLX: on-policy self-distillation from a crop-seeing teacher to a
+    full-image student, inside one VLM, with LoRA."""
+    # transformers is imported for tokenizers/processors only; its torch notice is noise here.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@main.command("tiny-model")
+@click.option("--family", type=click.Choice(FAMILIES), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hidden-size", type=int, default=64, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--vision-depth", type=int, default=2, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def tiny_model(family, out, seed, hidden_size, layers, heads, vision_depth, force):
+    """Write a tiny random-initialised checkpoint in Hugging Face layout (offline)."""
+    from .tiny import TinySize, build_tiny_model
+
+    size = TinySize(hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                    num_kv_heads=max(1, heads // 2), intermediate_size=2 * hidden_size,
+                    vision_depth=vision_depth)
+    try:
+        path = build_tiny_model(family, out, seed=seed, size=size, force=force)
+    except (FileExistsError, ValueError) as e:
+        _fail(e)
+    click.echo(f"wrote tiny {family} checkpoint to {path}")
+
+
+@main.command()
+@click.option("--model", required=True, help="Hub id or local model folder.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
+@click.option("--image", type=click.Path(), required=True)
+@click.option("--question", required=True)
+@click.option("--box", required=True, help="Evidence box x1,y1,x2,y2 (see --box-format).")
+@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+              show_default=True)
+@click.option("--options", multiple=True, help="A multiple-choice option; repeat per option.")
+@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@pixel_options
+@view_options
+def compare(model, adapter, image, question, box, box_format, options, max_tokens, json_out, **kw):
+    """Greedy answers for the plain, student and teacher (crop) views, plus a gap probe."""
+    _offline_if_local(model)
+    from . import models
+    from .compare import compare as run_compare
+    from .compare import format_table
+    from .data import make_sample
+    from .errors import DataError
+
+    try:
+        coords = [float(v) for v in box.split(",")]
+    except ValueError:
+        _fail(ValueError(f"--box {box!r}: expected four comma-separated numbers x1,y1,x2,y2"))
+    pixels, view_cfg = _pixels(kw), _view_cfg(kw)
+    row = {"image": str(Path(image).resolve()), "question": question, "box": coords,
+           "box_format": box_format, "options": list(options) or None}
+    try:
+        sample = make_sample(row, Path.cwd(), "--image/--box")
+        loaded = models.load(model, adapter)
+        result = run_compare(loaded, sample, view_cfg, pixels, max_tokens)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    click.echo(format_table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(), help="JSONL, parquet file or folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=int, default=8, show_default=True)
+@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+              show_default=True, help="Box format of rows that do not declare one.")
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True)
+@view_options
+def views(data, out, limit, box_format, on_bad_sample, **kw):
+    """Write the plain, student and teacher views of some samples as PNGs."""
+    from .config import DataConfig
+    from .data import read_samples
+    from .errors import DataError
+    from .views import all_views
+
+    view_cfg = _view_cfg(kw)
+    try:
+        samples, report = read_samples(DataConfig(path=data, box_format=box_format,
+                                                  on_bad_sample=on_bad_sample, limit=limit))
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(samples):
+            for name, v in all_views(s, view_cfg).items():
+                v.image.save(out_dir / f"{i:04d}_{name}.png")
+                (out_dir / f"{i:04d}_{name}.txt").write_text(v.text + "\n")
+    except DataError as e:
+        _fail(e)
+    click.echo(f"{report.summary()}; wrote views to {out_dir}")
+    for msg in report.skipped[:20]:
+        click.echo(f"  skipped: {msg}", err=True)
+
+
+@main.command()
+@click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def doctor(no_measure, as_json):
+    """Versions, backend (Metal / CUDA / CPU), BLAS in use with measured GFLOP/s, memory."""
+    from .doctor import format_report, report
+
+    info = report(measure=not no_measure)
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--family", type=click.Choice(FAMILIES), default="qwen2_5_vl", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out, family, seed):
+    """Offline demo: build a tiny checkpoint, generate a scene, compare crop vs full."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from . import models
+    from .compare import compare as run_compare
+    from .compare import format_table
+    from .config import DataConfig
+    from .data import read_samples
+    from .synth import make_scene, write_scene
+    from .tiny import build_tiny_model
+
+    out_dir = Path(out)
+    model_dir = out_dir / f"tiny-{family}"
+    click.echo(f"[1/3] building tiny {family} checkpoint in {model_dir}")
+    build_tiny_model(family, model_dir, seed=seed, force=True)
+    click.echo(f"[2/3] generating a fine-detail scene in {out_dir}")
+    data = write_scene(make_scene(seed), out_dir)
+    samples, _ = read_samples(DataConfig(path=str(data)))
+    click.echo("[3/3] comparing plain / student / teacher views (random weights: answers are noise)")
+    result = run_compare(models.load(model_dir), samples[0])
+    click.echo(format_table(result))
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    click.echo(f"wrote {out_dir / 'compare.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Crop vs full answers for one sample: the regional-to-global gap, up close.
+
+For each view (plain full image, student view with box + hint, teacher crop) the model
+answers greedily; then a gap probe scores the plain answer under the teacher (crop) view
+and the plain view and reports the per-token JSD (beta 0.5) between the two next-token
+distributions: large values mark tokens the model would say differently if it saw the
+evidence up close.
+"""
+
+from __future__ import annotations
+
+from . import models
+from .config import PixelConfig, ViewConfig
+from .data import Sample
+from .loss import generalized_jsd
+from .views import all_views
+
+
+def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewConfig(),
+            pixels: PixelConfig = PixelConfig(), max_tokens: int = 32) -> dict:
+    """Answers of the three views and the gap probe, as a JSON-ready dict."""
+    views = all_views(sample, view_cfg)
+    encoded, out = {}, {}
+    eos = models.eos_token_ids(loaded)
+    for name, view in views.items():
+        enc = models.encode(loaded, view.image, view.text, pixels)
+        s = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+        encoded[name] = (enc, s)
+        out[name] = {
+            "answer": models.decode(loaded, s.token_ids),
+            "token_ids": s.token_ids,
+            "mean_logprob": sum(s.logprobs) / len(s.logprobs) if s.logprobs else None,
+            "prompt_tokens": enc.prompt_len,
+            "image_tokens": models.image_token_count(loaded, enc),
+            "image_size": list(view.image.size),
+            "finish_reason": s.finish_reason,
+            "text": view.text,
+        }
+    full = "plain" if "plain" in encoded else "student"
+    enc_full, s_full = encoded[full]
+    # Score the full-image answer including its stop token: the decision to stop counts.
+    response = s_full.token_ids + ([eos[0]] if s_full.finish_reason == "stop" and eos else [])
+    probe = {"along": full, "per_token": [], "mean": None}
+    if response:
+        batch = models.make_batch([encoded["teacher"][0], enc_full], [response, response])
+        lp = models.response_logprobs(loaded.model, batch)
+        per_token = generalized_jsd(lp[0], lp[1], beta=0.5)
+        probe["per_token"] = [float(v) for v in per_token.tolist()]
+        probe["mean"] = sum(probe["per_token"]) / len(probe["per_token"])
+        probe["tokens"] = [models.decode(loaded, [t]) for t in response]
+    return {"model": str(loaded.path), "adapter": None if loaded.adapter_path is None
+            else str(loaded.adapter_path), "views": out, "gap_probe": probe}
+
+
+def format_table(result: dict) -> str:
+    """A terminal-friendly side-by-side summary."""
+    lines = [f"{'view':<8} {'prompt':>6} {'img':>5} {'ans':>4} {'mean lp':>8}  answer"]
+    for name, v in result["views"].items():
+        mlp = "-" if v["mean_logprob"] is None else f"{v['mean_logprob']:.3f}"
+        ans = v["answer"].replace("\n", " ")[:60]
+        lines.append(f"{name:<8} {v['prompt_tokens']:>6} {v['image_tokens']:>5} "
+                     f"{len(v['token_ids']):>4} {mlp:>8}  {ans!r}")
+    p = result["gap_probe"]
+    if p["mean"] is not None:
+        lines.append(f"gap probe (JSD beta=0.5, crop vs {p['along']}, along the {p['along']} "
+                     f"answer): mean {p['mean']:.4f} over {len(p['per_token'])} tokens, "
+                     f"max {max(p['per_token']):.4f}")
+    return "\n".join(lines)

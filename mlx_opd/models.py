@@ -1,0 +1,292 @@
+"""The one place that knows mlx-vlm's calling quirks.
+
+Everything else in mlx-opd talks to a VLM through this module:
+- `load` a model + processor (hub id or folder, optional LoRA adapter), family checked;
+- `encode` one (image, text) pair into prompt ids + pixel inputs, with pixel controls;
+- `response_logits` / `response_hidden`: teacher-forced outputs at the positions that
+  predict each response token, for a right-padded batch of (prompt, response ids);
+- `sample`: the model's own sampler, returning token ids and their log-probs.
+
+Quirks handled here (see shared/design/mlx-notes.md):
+1. Batches are RIGHT-padded: the forward pass uses a plain causal mask and the 2-D mask
+   only feeds the M-RoPE index, so left padding shifts real tokens' logits.
+2. The language model caches `_position_ids` / `_rope_deltas`; we reset them before every
+   teacher-forced call so a call never reuses another prompt's positions.
+3. Teacher and student prompts differ in length (the crop has fewer image tokens), so
+   outputs are aligned on response positions only: token t of a response is predicted at
+   position prompt_len - 1 + t of its own row.
+4. Image/video pad tokens must never be sampled (they would be read as image slots when
+   scored later): `blocked_token_ids` gives them for a logit bias.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import PixelConfig
+from .hf_layout import check_family
+
+BLOCK_BIAS = -1e9  # additive logit bias that removes a token from sampling
+
+
+@dataclass
+class Loaded:
+    """A loaded VLM: the mlx-vlm model, its processor and what we know about it."""
+
+    model: nn.Module
+    processor: Any
+    family: str
+    path: Path
+    adapter_path: Path | None = None
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+@dataclass
+class Encoded:
+    """One prompt ready for the model: ids [1, L] and its image inputs."""
+
+    input_ids: mx.array
+    pixel_values: mx.array
+    image_grid_thw: mx.array
+    image_size: tuple[int, int]  # (width, height) after the processor's resize
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def resolve_path(model: str | Path) -> Path:
+    """A local folder as is; a hub id downloaded (or taken from the cache)."""
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{p}: no config.json; point --model at a Hugging Face "
+                                    "model folder or a hub id such as "
+                                    "mlx-community/Qwen2.5-VL-3B-Instruct-4bit")
+        return p
+    from mlx_vlm.utils import get_model_path
+
+    return Path(get_model_path(str(model)))
+
+
+def load(model: str | Path, adapter_path: str | Path | None = None) -> Loaded:
+    """Load a supported VLM (family checked before any weights are read)."""
+    from mlx_vlm import load as vlm_load
+
+    path = resolve_path(model)
+    config = json.loads((path / "config.json").read_text())
+    family = check_family(config.get("model_type"), where=str(path / "config.json"))
+    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_path}: no adapter_config.json; pass the folder "
+                                "that `mlx-opd train` wrote under RUN_DIR/adapters")
+    m, processor = vlm_load(str(path), adapter_path=None if adapter_path is None
+                            else str(adapter_path))
+    return Loaded(m, processor, family, path, None if adapter_path is None else Path(adapter_path))
+
+
+def blocked_token_ids(loaded: Loaded) -> list[int]:
+    """Ids of the image/video pad tokens, which sampling must never produce."""
+    cfg = loaded.model.config
+    ids = {getattr(cfg, "image_token_id", None), getattr(cfg, "video_token_id", None),
+           getattr(cfg, "image_token_index", None), getattr(cfg, "video_token_index", None)}
+    return sorted(i for i in ids if i is not None)
+
+
+def eos_token_ids(loaded: Loaded) -> list[int]:
+    eos = getattr(loaded.model.config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    tok = loaded.tokenizer
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id:
+            ids.add(i)
+    return sorted(ids)
+
+
+def format_prompt(loaded: Loaded, text: str) -> str:
+    """The chat-formatted prompt for one image + `text` (the family's message format)."""
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    return apply_chat_template(loaded.processor, loaded.model.config, text, num_images=1)
+
+
+def encode(loaded: Loaded, image, text: str, pixels: PixelConfig = PixelConfig()) -> Encoded:
+    """Prompt ids and pixel inputs for one PIL image + question text."""
+    prompt = format_prompt(loaded, text)
+    out = loaded.processor(text=[prompt], images=[image], return_tensors="mlx",
+                           **pixels.processor_kwargs())
+    grid = mx.array(out["image_grid_thw"])
+    patch = getattr(loaded.processor.image_processor, "patch_size", 14)
+    t, h, w = (int(v) for v in grid[0].tolist())
+    return Encoded(mx.array(out["input_ids"]), mx.array(out["pixel_values"]), grid,
+                   (w * patch, h * patch))
+
+
+def image_token_count(loaded: Loaded, enc: Encoded) -> int:
+    return int((enc.input_ids == loaded.model.config.image_token_id).sum().item())
+
+
+def reset_rope_state(model: nn.Module) -> None:
+    """Forget the language model's cached M-RoPE positions (quirk 2)."""
+    lm = model.language_model
+    lm._position_ids = None
+    lm._rope_deltas = None
+
+
+@dataclass
+class Batch:
+    """A right-padded teacher-forcing batch: rows are prompt + response ids."""
+
+    input_ids: mx.array       # [B, L] int32
+    attention_mask: mx.array  # [B, L] 1 on real tokens
+    pixel_values: mx.array    # all rows' patches, concatenated
+    image_grid_thw: mx.array  # [B, 3]
+    positions: mx.array       # [B, T] index of the position predicting response token t
+    response_mask: mx.array   # [B, T] 1 where response token t exists
+    response_ids: mx.array    # [B, T] (0 where padded)
+
+
+def make_batch(prompts: Sequence[Encoded], responses: Sequence[Sequence[int]],
+               pad_id: int = 0) -> Batch:
+    """Right-pad prompt + response rows; compute response-aligned positions (quirk 3)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rows = [list(p.input_ids[0].tolist()) + list(r) for p, r in zip(prompts, responses)]
+    L = max(len(r) for r in rows)
+    T = max(1, max(len(r) for r in responses))
+    ids, att, pos, rmask, rids = [], [], [], [], []
+    for p, r, row in zip(prompts, responses, rows):
+        n = len(row)
+        ids.append(row + [pad_id] * (L - n))
+        att.append([1] * n + [0] * (L - n))
+        start = p.prompt_len - 1
+        pos.append([min(start + t, L - 1) for t in range(T)])
+        rmask.append([1.0] * len(r) + [0.0] * (T - len(r)))
+        rids.append(list(r) + [0] * (T - len(r)))
+    return Batch(
+        mx.array(ids, dtype=mx.int32), mx.array(att, dtype=mx.int32),
+        mx.concatenate([p.pixel_values for p in prompts], axis=0),
+        mx.concatenate([p.image_grid_thw for p in prompts], axis=0),
+        mx.array(pos, dtype=mx.int32), mx.array(rmask), mx.array(rids, dtype=mx.int32),
+    )
+
+
+class _Identity(nn.Module):
+    def __call__(self, x):
+        return x
+
+
+@contextmanager
+def _head_as_identity(model: nn.Module):
+    """Make the language model return final hidden states instead of logits.
+
+    Every supported family ends with `embed_tokens.as_linear(h)` (tied) or `lm_head(h)`;
+    we switch both to identity for the duration of the call."""
+    lm = model.language_model
+    tied = lm.args.tie_word_embeddings
+    head = lm.get("lm_head")  # nn.Module is a dict of its children
+    lm.args.tie_word_embeddings = False
+    lm.lm_head = _Identity()
+    try:
+        yield
+    finally:
+        lm.args.tie_word_embeddings = tied
+        if head is None:
+            del lm["lm_head"]
+        else:
+            lm.lm_head = head
+
+
+def apply_head(model: nn.Module, hidden: mx.array) -> mx.array:
+    """The LM head (tied or not, quantized or not) applied to hidden states."""
+    lm = model.language_model
+    if lm.args.tie_word_embeddings:
+        return lm.model.embed_tokens.as_linear(hidden)
+    return lm.lm_head(hidden)
+
+
+def _forward(model: nn.Module, batch: Batch) -> mx.array:
+    reset_rope_state(model)
+    out = model(batch.input_ids, pixel_values=batch.pixel_values, mask=batch.attention_mask,
+                image_grid_thw=batch.image_grid_thw)
+    reset_rope_state(model)
+    return getattr(out, "logits", out)
+
+
+def _gather_positions(x: mx.array, positions: mx.array) -> mx.array:
+    """x [B, L, D], positions [B, T] -> [B, T, D]."""
+    return mx.take_along_axis(x, positions[..., None], axis=1)
+
+
+def response_logits(model: nn.Module, batch: Batch) -> mx.array:
+    """Logits [B, T, V] predicting each response token (teacher forcing)."""
+    return _gather_positions(_forward(model, batch), batch.positions)
+
+
+def response_hidden(model: nn.Module, batch: Batch) -> mx.array:
+    """Final hidden states [B, T, H] at the positions predicting each response token;
+    `apply_head` turns them into logits. Lets the loss apply the head chunk by chunk."""
+    with _head_as_identity(model):
+        hidden = _forward(model, batch)
+    return _gather_positions(hidden, batch.positions)
+
+
+def response_logprobs(model: nn.Module, batch: Batch) -> mx.array:
+    """Full-vocabulary log-probs [B, T, V] of the response positions."""
+    logits = response_logits(model, batch).astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+@dataclass
+class Sampled:
+    token_ids: list[int]
+    logprobs: list[float]          # log-prob of each chosen token under the sampler
+    full_logprobs: list[mx.array]  # [V] per step (only when keep_full=True)
+    finish_reason: str             # "stop" (EOS) or "length"
+
+
+def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: float = 0.0,
+           seed: int | None = None, block_pad_tokens: bool = True,
+           keep_full: bool = False) -> Sampled:
+    """Sample one response with mlx-vlm's own decoder. The EOS token is not included in
+    the returned ids. With `block_pad_tokens` the image/video pad ids get BLOCK_BIAS."""
+    from mlx_vlm.generate import generate_step
+
+    bias = {i: BLOCK_BIAS for i in blocked_token_ids(loaded)} if block_pad_tokens else None
+    eos = set(eos_token_ids(loaded))
+    if seed is not None:
+        mx.random.seed(seed)
+    reset_rope_state(loaded.model)
+    ids, lps, full = [], [], []
+    finish = "length"
+    for token, logprobs in generate_step(
+        enc.input_ids, loaded.model, enc.pixel_values, None, max_tokens=max_tokens,
+        temperature=temperature, top_p=1.0, top_k=0, logit_bias=bias,
+        image_grid_thw=enc.image_grid_thw,
+    ):
+        token = int(token)
+        if token in eos:
+            finish = "stop"
+            break
+        ids.append(token)
+        lps.append(float(logprobs[token].item()))
+        if keep_full:
+            full.append(logprobs)
+        if len(ids) >= max_tokens:
+            break
+    reset_rope_state(loaded.model)
+    return Sampled(ids, lps, full, finish)
+
+
+def decode(loaded: Loaded, ids: Sequence[int]) -> str:
+    return loaded.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -1,0 +1,104 @@
+"""The three views of a sample (method.md, "Views").
+
+- student: the full image with the evidence box drawn in red, question + the authors'
+  hint (+ options and answer instruction). The student samples answers from this view.
+- teacher: the box cropped (optional margin) and zoomed x2, same text as the student.
+- plain: the full image, no box, no hint: the deployment setting evaluation measures.
+Pure functions of (sample, image, config); no model involved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from .config import ViewConfig
+from .data import Sample
+from .errors import DataError
+from .images import open_rgb
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class View:
+    name: str  # plain | student | teacher
+    image: Image.Image
+    text: str
+
+
+def question_text(sample: Sample, cfg: ViewConfig, hint: bool) -> str:
+    """Question, then (if `hint`) the hint, then lettered options and the instruction."""
+    if sample.prompt_complete:
+        if not hint and cfg.hint:
+            return " ".join(sample.question.replace(cfg.hint, "").split(" ")).strip()
+        return sample.question
+    parts = [sample.question.strip()]
+    if hint and cfg.hint:
+        parts.append(cfg.hint)
+    if sample.options:
+        parts.append("\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(sample.options)))
+        if cfg.answer_instruction:
+            parts.append(cfg.answer_instruction)
+    return "\n".join(parts)
+
+
+def draw_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
+    """A copy of `image` with `box` (xyxy pixels) outlined; the outline grows outwards
+    so it never covers the evidence."""
+    out = image.copy()
+    d = ImageDraw.Draw(out)
+    x1, y1, x2, y2 = box
+    w = cfg.box_width
+    d.rectangle([x1 - w, y1 - w, x2 + w - 1, y2 + w - 1], outline=tuple(cfg.box_color), width=w)
+    return out
+
+
+def crop_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
+    """Crop `box` plus margin (fraction of the box side), clipped to the image, then zoom;
+    scaled up further if needed so the short side is at least `min_crop_side`."""
+    x1, y1, x2, y2 = box
+    mx_, my_ = cfg.crop_margin * (x2 - x1), cfg.crop_margin * (y2 - y1)
+    W, H = image.size
+    left, top = max(0, math.floor(x1 - mx_)), max(0, math.floor(y1 - my_))
+    right, bottom = min(W, math.ceil(x2 + mx_)), min(H, math.ceil(y2 + my_))
+    crop = image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+    scale = cfg.zoom
+    short = min(crop.size) * scale
+    if short < cfg.min_crop_side:
+        scale *= cfg.min_crop_side / short
+    size = (max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale)))
+    return crop.resize(size, Image.BICUBIC) if size != crop.size else crop
+
+
+def plain_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
+    if sample.boxed_image:
+        raise DataError("this row only has the image with the red box drawn (the authors' "
+                        "layout), so there is no plain full view", sample.where,
+                        "evaluate on data with clean images (JSONL with image + box)")
+    return View("plain", open_rgb(sample.image, sample.where), question_text(sample, cfg, False))
+
+
+def student_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
+    image = open_rgb(sample.image, sample.where)
+    if cfg.draw_box and not sample.boxed_image:
+        image = draw_box(image, sample.box, cfg)
+    return View("student", image, question_text(sample, cfg, True))
+
+
+def teacher_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
+    """Teacher text = student text (method.md). A precomputed teacher image wins."""
+    if sample.teacher_image is not None:
+        image = open_rgb(sample.teacher_image, sample.where)
+    else:
+        image = crop_box(open_rgb(sample.image, sample.where), sample.box, cfg)
+    return View("teacher", image, question_text(sample, cfg, True))
+
+
+def all_views(sample: Sample, cfg: ViewConfig = ViewConfig()) -> dict[str, View]:
+    out = {"student": student_view(sample, cfg), "teacher": teacher_view(sample, cfg)}
+    if not sample.boxed_image:
+        out = {"plain": plain_view(sample, cfg)} | out
+    return out
