@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/blas.py --json runs/bench/blas.json
+	$(PY) benchmarks/loss.py --json runs/bench/loss.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mlx_opd tests benchmarks

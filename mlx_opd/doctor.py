@@ -43,7 +43,18 @@ def report(measure: bool = True) -> dict:
     }
     if measure:
         info["matmul_gflops_fp32"] = round(blas.matmul_gflops(), 1)
+    info["loss_kernels"] = loss_kernel_report()
     return info
+
+
+def loss_kernel_report() -> dict:
+    """Which divergence path `loss_backend=auto` uses here, with each kernel's self-check."""
+    from .metal import kernels
+
+    have = kernels.available()
+    checks = {b: kernels.self_check(b) for b in have}
+    chosen = next((b for b in have if checks[b]["ok"]), "mlx")
+    return {"available": have, "self_check": checks, "auto_uses": chosen}
 
 
 def format_report(info: dict) -> str:
@@ -62,4 +73,15 @@ def format_report(info: dict) -> str:
     m = info["memory"]
     ram = f"{m['ram_bytes'] / gb:.1f} GiB" if m["ram_bytes"] else "unknown"
     lines.append(f"memory        RAM {ram}; MLX memory limit {m['mlx_memory_limit'] / gb:.1f} GiB")
+    k = info["loss_kernels"]
+    if not k["available"]:
+        lines.append("loss kernels  no Metal or CUDA here: loss_backend=auto uses the compiled "
+                     "MLX-ops path")
+    for b, c in k["self_check"].items():
+        verdict = "ok" if c["ok"] else f"FAILED ({c.get('error')}), falling back to MLX ops"
+        errs = ", ".join(f"{d}: value {e['value_err']:.1e} grad {e['grad_err']:.1e}"
+                         for d, e in c.items() if isinstance(e, dict))
+        lines.append(f"loss kernel   {b}: self-check {verdict}" + (f" [{errs}]" if errs else ""))
+    if k["available"]:
+        lines.append(f"loss backend  auto -> {k['auto_uses']}")
     return "\n".join(lines)

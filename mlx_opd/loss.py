@@ -1,37 +1,478 @@
-"""Token-level divergences between teacher and student next-token distributions.
+"""Token-level divergences between the teacher's and the student's next-token distributions.
 
-Convention (matches the authors' recipe `alpha`, here called beta):
+    token_divergence(student_logits, teacher_logits, mask)  # JSD b=0.5, top-100 + tail
+
+Direction convention (the authors' recipe calls beta `alpha`):
     beta = 0       forward KL(T || S)
     beta = 1       reverse KL(S || T)
     0 < beta < 1   generalized JSD: beta * KL(T || M) + (1 - beta) * KL(S || M),
                    M = beta * T + (1 - beta) * S
-The endpoints are defined as the KLs (the mixture form itself tends to 0 there), as in
-the recipe and TRL. All inputs are log-probabilities over the last axis.
+`kind="forward_kl" | "reverse_kl"` name the endpoints directly; with `kind="jsd"` a beta of
+exactly 0 or 1 means the corresponding KL (the mixture form itself tends to 0 there).
+
+Estimators (what distribution the divergence is taken over, per token):
+    full     the whole vocabulary.
+    topk     the K ids with the largest STUDENT logits; both sides use true full-softmax
+             log-probs gathered at those ids; with tail=True one more bucket holds the rest,
+             log(1 - sum of the K probabilities), giving (K+1)-way distributions; with
+             tail=False the K entries are renormalised instead.
+    sampled  the policy-gradient estimate of reverse KL at the sampled token:
+             (logp_S - logp_T).detach() * logp_S; needs `sampled_ids`, kind="reverse_kl".
+Temperature divides both sides' logits. The teacher is stop-gradient: only
+`student_logits` receives a gradient.
+
+Departures from a textbook implementation, deliberately:
+1. Gradients are analytic (`mx.custom_function` VJPs), not autograd through log_softmax,
+   and the dense [rows, vocab] gradient is the only full-size buffer the top-K backward
+   makes (see `_topk_vjp`).
+2. The tail log-prob is computed directly as logsumexp over the ids outside the top-K
+   minus the row's logsumexp, not as log(1 - sum_K p): no cancellation when the K ids hold
+   almost all the mass; it is floored at log(TAIL_FLOOR) so it stays finite when they hold
+   all of it.
+3. Rows are processed in chunks in the forward pass so temporaries scale with the chunk.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 
+KINDS = ("forward_kl", "reverse_kl", "jsd")
+ESTIMATORS = ("full", "topk", "sampled")
+REDUCTIONS = ("token_mean", "sequence_mean", "none")
+TAIL_FLOOR = 1e-38  # ~ the smallest normal float32
+LOG_TAIL_FLOOR = math.log(TAIL_FLOOR)
 
-def _kl(logp: mx.array, logq: mx.array) -> mx.array:
-    """KL(p || q) over the last axis, from log-probs; 0 * log 0 treated as 0."""
-    p = mx.exp(logp)
-    return mx.sum(mx.where(p > 0, p * (logp - logq), 0.0), axis=-1)
+
+def chunked(fn, arrays, size: int):
+    """[fn(*[x[a:a + size] for x in arrays]) for each chunk], each chunk ordered after the
+    previous chunk's outputs (mx.depends): MLX would otherwise schedule the independent
+    chunks side by side and hold all their [chunk, V] temporaries at once."""
+    outs, prev = [], None
+    for a in range(0, arrays[0].shape[0], size):
+        parts = [x[a:a + size] for x in arrays]
+        if prev is not None:
+            parts = mx.depends(parts, prev)
+        out = fn(*parts)
+        prev = list(out) if isinstance(out, (tuple, list)) else [out]
+        outs.append(out)
+    return outs
+ROW_CHUNK = 64  # rows per chunk in the MLX-ops path: bounds its [chunk, V] temporaries
+
+
+@dataclass(frozen=True)
+class DivergenceSpec:
+    """Everything that defines a per-token divergence; validated once."""
+
+    kind: str = "jsd"
+    beta: float = 0.5
+    estimator: str = "topk"
+    k: int = 100
+    tail: bool = True
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if self.estimator == "topk" and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.estimator == "sampled" and self.kind != "reverse_kl":
+            raise ValueError("the sampled-token estimator estimates reverse KL only; "
+                             "pass kind='reverse_kl'")
+
+    @property
+    def direction(self) -> int:
+        """0 forward KL, 1 reverse KL, 2 mixture JSD (beta strictly inside (0, 1))."""
+        if self.kind == "forward_kl" or (self.kind == "jsd" and self.beta == 0.0):
+            return 0
+        if self.kind == "reverse_kl" or (self.kind == "jsd" and self.beta == 1.0):
+            return 1
+        return 2
+
+
+# --- per-bucket math: pure functions of log-probs ------------------------------------
+
+def bucket_terms(student_lp: mx.array, teacher_lp: mx.array, direction: int, beta: float):
+    """Per-bucket divergence d and its partial derivative g = dD/d(student log-prob),
+    treating the student's bucket log-probs as free variables.
+
+    forward KL: d = pT (lT - lS)               g = -pT
+    reverse KL: d = pS (lS - lT)               g = pS (lS - lT + 1)
+    JSD:        d = b pT (lT - lM) + (1-b) pS (lS - lM),  lM = log(b pT + (1-b) pS)
+                g = (1-b) pS (lS - lM)        (the lM terms cancel)
+    """
+    if direction == 0:
+        pt = mx.exp(teacher_lp)
+        return pt * (teacher_lp - student_lp), -pt
+    ps = mx.exp(student_lp)
+    if direction == 1:
+        diff = student_lp - teacher_lp
+        return ps * diff, ps * (diff + 1.0)
+    pt = mx.exp(teacher_lp)
+    lm = mx.logaddexp(teacher_lp + math.log(beta), student_lp + math.log1p(-beta))
+    d = beta * pt * (teacher_lp - lm) + (1.0 - beta) * ps * (student_lp - lm)
+    return d, (1.0 - beta) * ps * (student_lp - lm)
 
 
 def generalized_jsd(teacher_logprobs: mx.array, student_logprobs: mx.array,
                     beta: float = 0.5) -> mx.array:
-    """Per-row divergence [...] between teacher and student log-prob rows [..., V]."""
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if beta == 0.0:
-        return _kl(teacher_logprobs, student_logprobs)
-    if beta == 1.0:
-        return _kl(student_logprobs, teacher_logprobs)
-    log_m = mx.logaddexp(teacher_logprobs + math.log(beta),
-                         student_logprobs + math.log(1.0 - beta))
-    return (beta * _kl(teacher_logprobs, log_m)
-            + (1.0 - beta) * _kl(student_logprobs, log_m))
+    """Per-row divergence [...] between full log-prob rows [..., V] (beta convention above)."""
+    spec = DivergenceSpec(kind="jsd", beta=beta, estimator="full")
+    d, _ = bucket_terms(student_logprobs, teacher_logprobs, spec.direction, beta)
+    return d.sum(axis=-1)
+
+
+def topk_ids(student_logits: mx.array, k: int) -> mx.array:
+    """Ids [R, k] of the k largest student logits per row (order within the k arbitrary)."""
+    R, V = student_logits.shape
+    if k >= V:
+        return mx.broadcast_to(mx.arange(V, dtype=mx.int32), (R, V))
+    # Chunked, and partitioned at V - k so no negated copy is made. Each chunk's slice is
+    # copied out (a slice is a view that would keep the whole [chunk, V] partition alive
+    # until the concatenation), so temporaries scale with ROW_CHUNK rows, not with R.
+    part = lambda z: mx.contiguous(mx.argpartition(z, kth=V - k, axis=-1)[:, V - k:])  # noqa: E731
+    return mx.concatenate(chunked(part, [student_logits], ROW_CHUNK)).astype(mx.int32)
+
+
+# --- the MLX-ops fast path: per-row losses with analytic VJPs ------------------------
+
+def _scaled(x: mx.array, inv_temp: float) -> mx.array:
+    x = x.astype(mx.float32)
+    return x if inv_temp == 1.0 else x * inv_temp
+
+
+def _make_topk_rows(spec: DivergenceSpec):
+    """custom_function (student [R,V], teacher [R,V], ids [R,K]) -> (loss [R], saved...).
+
+    Per side, the forward makes ONE exp-pass over the vocabulary (the CPU's bottleneck):
+    lse_rest = logsumexp over the ids outside the top-K, then the full normaliser
+    lse = logaddexp(lse_rest, lse_K) from the K gathered logits, and the exact tail
+    log-prob lse_rest - lse. Renormalised top-K needs no full pass at all: its buckets
+    are u_K - lse_K.
+    """
+    inv_temp, direction, beta, tail = 1.0 / spec.temperature, spec.direction, spec.beta, spec.tail
+
+    def gather(z, ids):  # gather first, then scale: no [R, V] temporary
+        return _scaled(mx.take_along_axis(z, ids, -1), inv_temp)
+
+    def normalisers(zs, zt, ids):
+        """(lse_s, lse_t, tails [R, 2]) for one chunk of rows."""
+        us_k, ut_k = gather(zs, ids), gather(zt, ids)
+        lse_ks, lse_kt = mx.logsumexp(us_k, -1), mx.logsumexp(ut_k, -1)
+        if not tail:
+            return lse_ks, lse_kt, mx.zeros((zs.shape[0], 2))
+        out = []
+        for z, lse_k in ((zs, lse_ks), (zt, lse_kt)):
+            rest = mx.put_along_axis(_scaled(z, inv_temp), ids, mx.array(-mx.inf), axis=-1)
+            lse_rest = mx.logsumexp(rest, -1)
+            lse = mx.logaddexp(lse_rest, lse_k)
+            out += [lse, mx.maximum(lse_rest - lse, LOG_TAIL_FLOOR)]
+        return out[0], out[2], mx.stack([out[1], out[3]], -1)
+
+    def buckets(zs, zt, ids, lse_s, lse_t, tails):
+        ls, lt = gather(zs, ids) - lse_s[:, None], gather(zt, ids) - lse_t[:, None]
+        if tail:
+            ls, lt = mx.concatenate([ls, tails[:, :1]], -1), mx.concatenate([lt, tails[:, 1:]], -1)
+        return ls, lt
+
+    def chunk_rows(zs_c, zt_c, i):
+        lse_s, lse_t, tails = normalisers(zs_c, zt_c, i)
+        ls, lt = buckets(zs_c, zt_c, i, lse_s, lse_t, tails)
+        return bucket_terms(ls, lt, direction, beta)[0].sum(-1), lse_s, lse_t, tails
+
+    @mx.custom_function
+    def rows(zs, zt, ids):
+        outs = chunked(chunk_rows, [zs, zt, ids], ROW_CHUNK)
+        return tuple(mx.concatenate(list(x)) for x in zip(*outs))
+
+    @rows.vjp
+    def rows_vjp(primals, cotangents, outputs):
+        zs, zt, ids = primals
+        cot = cotangents[0].astype(mx.float32) * inv_temp
+        _, lse_s, lse_t, tails = outputs
+        ls, lt = buckets(zs, zt, ids, lse_s, lse_t, tails)
+        _, g = bucket_terms(ls, lt, direction, beta)
+        G = g.sum(-1)
+        live = cot != 0  # padded rows get exactly 0, even if their logits are garbage
+        if tail:
+            q = mx.exp(ls[:, -1])  # the (floored) tail probability
+            dense_coef = mx.where(live, cot * (g[:, -1] / q - G), 0.0)
+            fix = cot[:, None] * (g[:, :-1] - mx.exp(ls[:, :-1]) * G[:, None])
+            grad = _dense_softmax_scaled(zs, lse_s, dense_coef, live,
+                                         mx.array(inv_temp, mx.float32))
+        else:  # only the K ids carry gradient
+            fix = cot[:, None] * (g - mx.exp(ls) * G[:, None])
+            grad = mx.zeros(zs.shape, zs.dtype)
+        fix = mx.where(live[:, None], fix, 0.0)
+        grad = mx.put_along_axis(grad, ids, fix.astype(grad.dtype), axis=-1)
+        return grad, mx.zeros_like(zt), mx.zeros_like(ids)
+
+    return rows
+
+
+@mx.compile
+def _dense_softmax_scaled(zs, lse, coef, live, inv_temp):
+    """p_j * coef per row, 0 on rows that are not live: d loss / d z_j for the ids outside
+    the top-K, with coef = (g_tail / q - G) * cot / T. One fused elementwise pass, so the
+    dense gradient is the only [R, V] buffer it makes."""
+    p = mx.exp(zs.astype(mx.float32) * inv_temp - lse[:, None])
+    return mx.where(live[:, None], p * coef[:, None], 0.0).astype(zs.dtype)
+
+
+def _make_full_rows(spec: DivergenceSpec):
+    """custom_function (student [R,V], teacher [R,V]) -> loss [R], full vocabulary."""
+    inv_temp, direction, beta = 1.0 / spec.temperature, spec.direction, spec.beta
+
+    def logprobs(zs, zt):
+        us, ut = _scaled(zs, inv_temp), _scaled(zt, inv_temp)
+        return (us - mx.logsumexp(us, -1, keepdims=True), ut - mx.logsumexp(ut, -1, keepdims=True))
+
+    @mx.custom_function
+    def rows(zs, zt):
+        def chunk_rows(s, t):
+            ls, lt = logprobs(s, t)
+            return bucket_terms(ls, lt, direction, beta)[0].sum(-1)
+
+        return mx.concatenate(chunked(chunk_rows, [zs, zt], ROW_CHUNK))
+
+    @rows.vjp
+    def rows_vjp(primals, cotangent, _output):
+        zs, zt = primals
+
+        def chunk_grad(s, t, c):
+            ls, lt = logprobs(s, t)
+            _, g = bucket_terms(ls, lt, direction, beta)
+            c = c[:, None].astype(mx.float32) * inv_temp
+            return mx.where(c != 0, c * (g - mx.exp(ls) * g.sum(-1, keepdims=True)),
+                            0.0).astype(zs.dtype)
+
+        return mx.concatenate(chunked(chunk_grad, [zs, zt, cotangent], ROW_CHUNK)), mx.zeros_like(zt)
+
+    return rows
+
+
+def _make_sampled_rows(spec: DivergenceSpec):
+    """custom_function (student, teacher, sampled ids [R]) -> (lS(y) - lT(y)).detach() * lS(y)
+    per row. Its gradient, diff * (onehot(y) - pS) / T, is the policy-gradient estimate
+    of reverse KL at the sampled token (not the gradient of the value itself)."""
+    inv_temp = 1.0 / spec.temperature
+
+    def parts(zs, zt, y):
+        us, ut = _scaled(zs, inv_temp), _scaled(zt, inv_temp)
+        lse_s = mx.logsumexp(us, -1)
+        ls_y = mx.take_along_axis(us, y[:, None], -1)[:, 0] - lse_s
+        lt_y = mx.take_along_axis(ut, y[:, None], -1)[:, 0] - mx.logsumexp(ut, -1)
+        return us, lse_s, ls_y, ls_y - lt_y
+
+    @mx.custom_function
+    def rows(zs, zt, y):
+        _, _, ls_y, diff = parts(zs, zt, y)
+        return diff * ls_y
+
+    @rows.vjp
+    def rows_vjp(primals, cotangent, _output):
+        zs, zt, y = primals
+        us, lse_s, _, diff = parts(zs, zt, y)
+        c = cotangent.astype(mx.float32) * diff * inv_temp
+        live = (cotangent != 0)[:, None]
+        grad = -mx.exp(us - lse_s[:, None]) * c[:, None]
+        grad = mx.put_along_axis(grad, y[:, None], mx.take_along_axis(grad, y[:, None], -1)
+                                 + c[:, None], axis=-1)
+        return mx.where(live, grad, 0.0).astype(zs.dtype), mx.zeros_like(zt), mx.zeros_like(y)
+
+    return rows
+
+
+_ROW_FNS: dict = {}
+
+
+def row_divergence(student_logits: mx.array, teacher_logits: mx.array, spec: DivergenceSpec,
+                   sampled_ids: mx.array | None = None, backend: str = "auto") -> mx.array:
+    """Per-row divergence [R] of flat rows [R, V] with the MLX-ops path or a kernel."""
+    teacher_logits = mx.stop_gradient(teacher_logits)
+    if spec.estimator == "sampled":
+        if sampled_ids is None:
+            raise ValueError("estimator='sampled' needs sampled_ids (the sampled token ids)")
+        fn = _ROW_FNS.setdefault(("sampled", spec), _make_sampled_rows(spec))
+        return fn(student_logits, teacher_logits, sampled_ids.reshape(-1).astype(mx.int32))
+    if spec.estimator == "topk":
+        ids = topk_ids(mx.stop_gradient(student_logits), spec.k)
+        from .metal import kernels  # the dispatcher: Metal / CUDA kernel or the ops path
+
+        kernel_rows = kernels.topk_rows_for(spec, backend, student_logits.dtype)
+        if kernel_rows is not None:
+            return kernel_rows(student_logits, teacher_logits, ids)
+        fn = _ROW_FNS.setdefault(spec, _make_topk_rows(spec))
+        return fn(student_logits, teacher_logits, ids)[0]
+    key = ("full", spec)
+    fn = _ROW_FNS.setdefault(key, _make_full_rows(spec))
+    return fn(student_logits, teacher_logits)
+
+
+def reduce_tokens(per_token: mx.array, mask: mx.array | None, reduction: str) -> mx.array:
+    """per_token [B, T] -> scalar ("token_mean": over all scored tokens of the batch,
+    "sequence_mean": per sequence then over sequences with >= 1 scored token) or
+    [B, T] masked ("none")."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    m = mx.ones(per_token.shape, mx.float32) if mask is None else mask.astype(mx.float32)
+    masked = mx.where(m > 0, per_token, 0.0)  # where, not *, so a NaN in padding cannot leak
+    if reduction == "none":
+        return masked
+    if reduction == "token_mean":
+        return masked.sum() / mx.maximum(m.sum(), 1.0)
+    n = m.sum(-1)
+    seq = masked.sum(-1) / mx.maximum(n, 1.0)
+    return seq.sum() / mx.maximum((n > 0).sum(), 1)
+
+
+def token_divergence(student_logits: mx.array, teacher_logits: mx.array,
+                     mask: mx.array | None = None, *, kind: str = "jsd", beta: float = 0.5,
+                     estimator: str = "topk", k: int = 100, tail: bool = True,
+                     temperature: float = 1.0, reduction: str = "token_mean",
+                     sampled_ids: mx.array | None = None, backend: str = "auto") -> mx.array:
+    """Divergence between teacher and student next-token distributions.
+
+    student_logits, teacher_logits: [B, T, V] (same response tokens, aligned positions);
+    mask: [B, T], 1 where a token is scored; sampled_ids: [B, T] (estimator="sampled").
+    Returns a scalar (token_mean / sequence_mean) or [B, T] (none). Only `student_logits`
+    gets a gradient. `backend`: auto | metal | cuda | mlx (see mlx_opd.metal.kernels).
+    """
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 3:
+        raise ValueError(f"student and teacher logits must both be [B, T, V], got "
+                         f"{student_logits.shape} and {teacher_logits.shape}")
+    B, T, V = student_logits.shape
+    flat_ids = None if sampled_ids is None else sampled_ids.reshape(-1)
+    rows = row_divergence(student_logits.reshape(B * T, V), teacher_logits.reshape(B * T, V),
+                          spec, flat_ids, backend)
+    return reduce_tokens(rows.reshape(B, T), mask, reduction)
+
+
+# --- the low-memory path: hidden states -> LM head -> divergence, chunk by chunk ---------
+
+FUSED_CHUNK = 128  # rows of [chunk, V] logits alive at a time
+
+
+def head_function(head):
+    """A callable [..., H] -> [..., V] for an LM head given as a module (Linear,
+    QuantizedLinear, or a tied Embedding / QuantizedEmbedding), a callable or a weight [V, H]."""
+    import mlx.nn as nn
+
+    if isinstance(head, mx.array):
+        return lambda h: h @ head.T
+    if isinstance(head, (nn.Embedding, nn.QuantizedEmbedding)):
+        return head.as_linear
+    if callable(head):
+        return head
+    raise TypeError(f"head must be an nn.Module, a callable or a weight array, got {type(head)}")
+
+
+def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, head,
+                           mask: mx.array | None = None, *, kind: str = "jsd",
+                           beta: float = 0.5, estimator: str = "topk", k: int = 100,
+                           tail: bool = True, temperature: float = 1.0,
+                           reduction: str = "token_mean", sampled_ids: mx.array | None = None,
+                           backend: str = "auto", chunk_size: int = FUSED_CHUNK,
+                           head_weight_trainable: bool = False) -> mx.array:
+    """`token_divergence` of head(student_hidden) and head(teacher_hidden) without ever
+    holding [rows, V] logits for all rows: rows go through the head and the divergence
+    `chunk_size` at a time, forward and backward (the backward recomputes each chunk's
+    logits), so the extra memory scales with the chunk, not with B * T.
+
+    student_hidden, teacher_hidden: [B, T, H] final hidden states at the response
+    positions; head: see `head_function`. Gradients reach `student_hidden` and, with
+    `head_weight_trainable` (head an nn.Linear without bias or a weight array), the head
+    weight. Quantized or tied heads are treated as frozen.
+    """
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    if student_hidden.shape != teacher_hidden.shape or student_hidden.ndim != 3:
+        raise ValueError(f"student and teacher hidden states must both be [B, T, H], got "
+                         f"{student_hidden.shape} and {teacher_hidden.shape}")
+    if spec.estimator == "sampled" and sampled_ids is None:
+        raise ValueError("estimator='sampled' needs sampled_ids (the sampled token ids)")
+    B, T, H = student_hidden.shape
+    R = B * T
+    y = mx.zeros((R,), mx.int32) if sampled_ids is None else sampled_ids.reshape(-1).astype(mx.int32)
+    weight = None
+    if head_weight_trainable:
+        weight = head if isinstance(head, mx.array) else head.weight
+        if not isinstance(head, mx.array) and "bias" in head:
+            raise ValueError("head_weight_trainable supports heads without bias")
+
+    def chunk_rows(hs, ht, yc, w):
+        apply = head_function(head) if w is None else (lambda h: h @ w.T)
+        return row_divergence(apply(hs), mx.stop_gradient(apply(ht)), spec, yc, backend)
+
+    @mx.custom_function
+    def rows(hs, ht, w):
+        fn = lambda h, t, yc: chunk_rows(h, t, yc, weight if w.size else None)  # noqa: E731
+        return mx.concatenate(chunked(fn, [hs, ht, y], chunk_size))
+
+    @rows.vjp
+    def rows_vjp(primals, cotangent, _output):
+        hs, ht, w = primals
+        if w.size:  # trainable weight: differentiate w.r.t. it too, summed over chunks
+            def chunk_grad(h, t, yc, c):
+                _, (gh, gw) = mx.vjp(lambda h_, w_: chunk_rows(h_, t, yc, w_), [h, w], [c])
+                return gh, gw
+
+            parts = chunked(chunk_grad, [hs, ht, y, cotangent], chunk_size)
+            grad_w = parts[0][1]
+            for _, gw in parts[1:]:
+                grad_w = grad_w + gw
+            return mx.concatenate([gh for gh, _ in parts]), mx.zeros_like(ht), grad_w
+
+        def chunk_grad(h, t, yc, c):
+            return mx.vjp(lambda h_: chunk_rows(h_, t, yc, None), [h], [c])[1][0]
+
+        grads = chunked(chunk_grad, [hs, ht, y, cotangent], chunk_size)
+        return mx.concatenate(grads), mx.zeros_like(ht), mx.zeros_like(w)
+
+    w_in = weight if weight is not None else mx.zeros((0,))
+    per_row = rows(student_hidden.reshape(R, H), mx.stop_gradient(teacher_hidden).reshape(R, H),
+                   w_in)
+    return reduce_tokens(per_row.reshape(B, T), mask, reduction)
+
+
+# --- the textbook reference: plain ops + autograd (tests and benchmarks compare to it) ---
+
+def token_divergence_reference(student_logits, teacher_logits, mask=None, *, kind="jsd",
+                               beta=0.5, estimator="topk", k=100, tail=True, temperature=1.0,
+                               reduction="token_mean", sampled_ids=None):
+    """Same contract as `token_divergence`, written the naive way: log_softmax of the whole
+    [B, T, V] for both sides and autograd through everything."""
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    us = student_logits.astype(mx.float32) / temperature
+    ut = mx.stop_gradient(teacher_logits).astype(mx.float32) / temperature
+    ls = us - mx.logsumexp(us, -1, keepdims=True)
+    lt = ut - mx.logsumexp(ut, -1, keepdims=True)
+    if estimator == "sampled":
+        y = sampled_ids[..., None].astype(mx.int32)
+        ls_y = mx.take_along_axis(ls, y, -1)[..., 0]
+        lt_y = mx.take_along_axis(lt, y, -1)[..., 0]
+        return reduce_tokens(mx.stop_gradient(ls_y - lt_y) * ls_y, mask, reduction)
+    if estimator == "topk":
+        B, T, V = us.shape
+        ids = topk_ids(mx.stop_gradient(us.reshape(B * T, V)), k).reshape(B, T, -1)
+        tails = ()
+        if tail:  # log of the probability mass outside the top-K, each side
+            out = mx.put_along_axis(mx.zeros(us.shape), ids, mx.array(-mx.inf), axis=-1)
+            tails = (mx.maximum(mx.logsumexp(ls + out, -1, keepdims=True), LOG_TAIL_FLOOR),
+                     mx.maximum(mx.logsumexp(lt + out, -1, keepdims=True), LOG_TAIL_FLOOR))
+        ls, lt = mx.take_along_axis(ls, ids, -1), mx.take_along_axis(lt, ids, -1)
+        if tail:
+            ls, lt = mx.concatenate([ls, tails[0]], -1), mx.concatenate([lt, tails[1]], -1)
+        else:  # renormalise over the K
+            ls = ls - mx.logsumexp(ls, -1, keepdims=True)
+            lt = lt - mx.logsumexp(lt, -1, keepdims=True)
+    d, _ = bucket_terms(ls, lt, spec.direction, beta)
+    return reduce_tokens(d.sum(-1), mask, reduction)

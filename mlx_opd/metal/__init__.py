@@ -1,0 +1,1 @@
+"""Fused divergence kernels (Metal, CUDA) and their dispatcher; see kernels.py."""
