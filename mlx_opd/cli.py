@@ -169,6 +169,74 @@ def views(data, out, limit, box_format, on_bad_sample, **kw):
         click.echo(f"  skipped: {msg}", err=True)
 
 
+def _parse_set(values) -> dict:
+    """--set section.key=value (YAML-parsed value) -> {"section.key": value}."""
+    import yaml
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected section.key=value", param_hint="--set")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), help="YAML file (keys = config fields).")
+@click.option("--model", help="Hub id or local folder (model.path).")
+@click.option("--data", help="Training data: JSONL, parquet or folder (data.path).")
+@click.option("--out", help="RUN_DIR (run.out).")
+@click.option("--max-steps", type=int, help="optim.max_steps")
+@click.option("--save-every", type=int, help="run.save_every")
+@click.option("--seed", type=int, help="run.seed")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Any other config field, e.g. --set optim.lr=2e-5 (repeatable).")
+def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets):
+    """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
+    checkpoints/, adapters/ and config.yaml."""
+    from .config import ConfigError, load_train_config
+    from .data import DataError
+    from .trainer import TrainingStopped, resume_config
+    from .trainer import train as run_train
+
+    overrides = _parse_set(sets)
+    for key, value in (("model.path", model), ("data.path", data), ("run.out", out),
+                       ("optim.max_steps", max_steps), ("run.save_every", save_every),
+                       ("run.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        if resume_dir:
+            overrides.setdefault("run.out", resume_dir)
+            cfg = resume_config(resume_dir, overrides)
+        else:
+            cfg = load_train_config(config, overrides)
+        if not cfg.model.path or not cfg.data.path:
+            raise ConfigError("model.path and data.path are required (--model/--data or YAML)")
+        _offline_if_local(cfg.model.path)
+        run_train(cfg, resume=bool(resume_dir))
+    except (ConfigError, DataError, FileNotFoundError, TrainingStopped, ValueError) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def plot(run_dir):
+    """PNG curves of a run's metrics (RUN_DIR/plots/)."""
+    from .plot import plot_run
+
+    try:
+        files = plot_run(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+    click.echo(f"wrote {len(files)} plots to {files[0].parent}")
+
+
 @main.command()
 @click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

@@ -79,3 +79,216 @@ class DataConfig:
             raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
         if self.format not in ("auto", "jsonl", "vision_opd", "parquet"):
             raise ValueError(f"format must be auto, jsonl, vision_opd or parquet, got {self.format!r}")
+
+
+# --- training -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""                # hub id (e.g. mlx-community/Qwen2.5-VL-3B-Instruct-4bit) or folder
+    adapter: str | None = None    # start from an existing adapter folder (optional)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 8                    # samples per prompt (authors: 8)
+    temperature: float = 1.0      # authors: 1.0 for rollouts, and the same T in the loss
+    max_tokens: int = 256         # authors: 1024 (512 scored lower); 256 keeps a Mac step short
+    block_pad_tokens: bool = True  # image/video pad ids can never be sampled
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_tokens < 1 or self.temperature <= 0:
+            raise ValueError("rollout.n and rollout.max_tokens must be >= 1, temperature > 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "jsd"             # forward_kl | reverse_kl | jsd (authors: JSD)
+    beta: float = 0.5             # authors: 0.5
+    estimator: str = "topk"       # full | topk | sampled (authors: top-100 with tail)
+    k: int = 100
+    tail: bool = True
+    reduction: str = "token_mean"  # token_mean (recipe) | sequence_mean (paper's Algorithm 1)
+    backend: str = "auto"         # auto | metal | cuda | mlx
+    chunk_size: int = 128         # rows of [chunk, vocab] logits alive at once
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    mode: str = "ema"             # ema (authors) | frozen | live (collapses, per the authors)
+    ema_rate: float = 0.05        # teacher <- (1 - rate) teacher + rate student, per step
+
+    def __post_init__(self):
+        if self.mode not in ("ema", "frozen", "live"):
+            raise ValueError(f"teacher.mode must be ema, frozen or live, got {self.mode!r}")
+        if not 0.0 < self.ema_rate <= 1.0:
+            raise ValueError(f"teacher.ema_rate must be in (0, 1], got {self.ema_rate}")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    # LoRA on every linear layer of the language model (not the LM head). Rank 16 with
+    # alpha 32 (update scale alpha / rank = 2, PEFT's convention) gives a small model
+    # enough capacity for a skill that is about attention to a region, and keeps the
+    # adapter, its EMA copy and the AdamW moments to a few MB on a 3B model.
+    finetune: str = "lora"        # lora (QLoRA when the base is quantized) | full
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    train_vision: bool = False    # vision tower frozen by default (authors' focus is the LM)
+
+    def __post_init__(self):
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"lora.finetune must be lora or full, got {self.finetune!r}")
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # The authors' full fine-tune used AdamW lr 2e-6; LoRA updates a low-rank delta from
+    # zero and needs a larger step: 1e-5 with 10 warm-up steps, then constant (as the recipe).
+    lr: float = 1e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    prompts_per_step: int = 4     # authors: 96 prompts x 8 samples; raise it (gradients are
+                                  # accumulated prompt by prompt) to reach their batch
+    epochs: float = 1.0           # authors: 1 epoch (longer drifted off the answer format)
+    max_steps: int | None = None  # stop earlier than the epochs say
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.prompts_per_step < 1 or self.epochs <= 0:
+            raise ValueError("optim.lr, optim.prompts_per_step and optim.epochs must be positive")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/opd"         # RUN_DIR
+    seed: int = 0
+    save_every: int = 10          # checkpoint every N optimizer steps (and on Ctrl-C, at the end)
+    keep_last: int = 3            # checkpoints kept
+    max_nonfinite: int = 5        # consecutive non-finite steps before the run stops
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    wired_limit_gb: float | None = None  # mx.set_wired_limit (Metal), keeps weights resident
+    cache_limit_gb: float | None = None  # mx.set_cache_limit: cap MLX's buffer cache
+    grad_checkpoint: bool = False        # recompute decoder layers in the backward pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    pixels: PixelConfig = field(default_factory=PixelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the dataclasses."""
+
+
+# Names other tools use for our fields, so a near-miss of them still finds ours.
+ALIASES = {"learning_rate": "lr", "warmup": "warmup_steps", "batch_size": "prompts_per_step",
+           "num_samples": "n", "samples_per_prompt": "n", "num_generations": "n",
+           "max_new_tokens": "max_tokens", "max_response_length": "max_tokens",
+           "steps": "max_steps", "alpha_jsd": "beta", "topk": "k", "top_k": "k",
+           "ema_decay": "ema_rate", "model_path": "path", "output_dir": "out"}
+
+
+def _nearest(name: str, valid) -> str:
+    """'; did you mean X?' with the closest valid key (directly or through an alias)."""
+    import difflib
+
+    valid = list(valid)
+    pool = valid + [a for a, target in ALIASES.items() if target in valid]
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.5) or \
+        difflib.get_close_matches(name, pool, n=1, cutoff=0.0)
+    best = ALIASES.get(close[0], close[0]) if close else valid[0]
+    return f"; did you mean {best!r}? (valid keys: {', '.join(valid)})"
+
+
+def build(cls, values: dict, where: str):
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys
+    are errors that name the nearest valid key."""
+    import dataclasses
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, known)}")
+        default = known[key].default_factory() if known[key].default_factory is not \
+            dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = build(type(default), value or {}, f"{where}.{key}")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value) if key == "box_color" else value
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (tuples as lists), for YAML."""
+    import dataclasses
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def apply_overrides(values: dict, overrides: dict) -> dict:
+    """Set dotted keys ("optim.lr": 1e-4) in a nested dict (CLI > YAML)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {p} is not a section")
+        node[leaf] = value
+    return out
+
+
+def load_train_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file (keys 1:1 with the dataclass fields) plus overrides."""
+    import yaml
+
+    values = {}
+    where = "config"
+    if path:
+        where = str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    values = apply_overrides(values, overrides or {})
+    return build(TrainConfig, values, where)

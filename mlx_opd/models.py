@@ -215,6 +215,27 @@ def apply_head(model: nn.Module, hidden: mx.array) -> mx.array:
     return lm.lm_head(hidden)
 
 
+def lm_head(model: nn.Module) -> nn.Module:
+    """The LM head module: lm_head, or the input embedding when the weights are tied."""
+    lm = model.language_model
+    return lm.model.embed_tokens if lm.args.tie_word_embeddings else lm.lm_head
+
+
+def argmax_agreement(model: nn.Module, student_hidden: mx.array, teacher_hidden: mx.array,
+                     mask: mx.array, chunk: int = 128) -> int:
+    """Scored positions where the teacher's and the student's argmax tokens agree; the
+    head is applied `chunk` rows at a time (never [rows, V] for all rows)."""
+    H = student_hidden.shape[-1]
+    hs, ht = student_hidden.reshape(-1, H), teacher_hidden.reshape(-1, H)
+    m = mask.reshape(-1)
+    count = mx.array(0)
+    for a in range(0, hs.shape[0], chunk):
+        same = apply_head(model, hs[a:a + chunk]).argmax(-1) == apply_head(model, ht[a:a + chunk]).argmax(-1)
+        count = count + (same * m[a:a + chunk]).sum()
+        mx.eval(count)
+    return int(count.item())
+
+
 def _forward(model: nn.Module, batch: Batch) -> mx.array:
     reset_rope_state(model)
     out = model(batch.input_ids, pixel_values=batch.pixel_values, mask=batch.attention_mask,

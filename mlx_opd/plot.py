@@ -1,0 +1,56 @@
+"""PNG curves of a training run (RUN_DIR/metrics.jsonl -> RUN_DIR/plots/*.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .metrics import read
+
+PANELS = [("loss/objective", "loss"), ("teacher/argmax_agreement", "teacher/student argmax agreement"),
+          ("rollout/mean_response_len", "mean response length (tokens)"),
+          ("rollout/tokens_per_s", "rollout tokens/s"), ("optim/grad_norm", "grad norm"),
+          ("optim/lr", "learning rate"), ("time/step_seconds", "seconds per step"),
+          ("memory/peak_bytes", "peak memory (bytes)")]
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """One PNG per metric plus an overview grid; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics; run `mlx-opd train --out {run_dir}` first")
+    rows = read(path)
+    if not rows:
+        raise ValueError(f"{path} is empty: no step has finished yet")
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    steps = [r["step"] for r in rows]
+    panels = [(k, t) for k, t in PANELS if any(k in r for r in rows)]
+    fig, axes = plt.subplots((len(panels) + 1) // 2, 2, figsize=(11, 2.6 * ((len(panels) + 1) // 2)))
+    written = []
+    for ax, (key, title) in zip(axes.flat, panels):
+        ys = [r.get(key, float("nan")) for r in rows]
+        ax.plot(steps, ys, marker="o" if len(steps) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        f, a = plt.subplots(figsize=(5, 3.2))
+        a.plot(steps, ys, marker="o" if len(steps) < 30 else None)
+        a.set_title(title)
+        a.set_xlabel("step")
+        f.tight_layout()
+        p = out_dir / (key.replace("/", "_") + ".png")
+        f.savefig(p, dpi=110)
+        plt.close(f)
+        written.append(p)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    overview = out_dir / "overview.png"
+    fig.savefig(overview, dpi=110)
+    plt.close(fig)
+    return [overview] + written
