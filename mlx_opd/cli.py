@@ -238,6 +238,67 @@ def plot(run_dir):
 
 
 @main.command()
+@click.option("--model", required=True, help="The base the adapter was trained on.")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False),
+              help="RUN_DIR, a checkpoint folder or an adapter folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["hf", "peft", "mlx"]), default="hf",
+              show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16",
+              show_default=True, help="hf: weight dtype.")
+@click.option("--hf-source", help="hf: the original Hugging Face model (folder or hub id) for "
+                                  "tokenizer and processor files; default: --model.")
+@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--dequantize", is_flag=True, help="mlx: write float weights for a quantized base.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize, force):
+    """Export base + adapter: a Hugging Face checkpoint, a PEFT adapter or a fused MLX folder."""
+    _offline_if_local(model)
+    import warnings
+
+    from . import export as ex
+
+    warnings.simplefilter("always")
+    try:
+        if fmt == "hf":
+            path = ex.export_hf(model, adapter, out, dtype, hf_source, force, max_shard_gb)
+        elif fmt == "peft":
+            path = ex.export_peft(model, adapter, out, force)
+        else:
+            path = ex.export_mlx(model, adapter, out, force, dequantize)
+    except (ex.ExportError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo(f"wrote {fmt} export to {path}")
+
+
+@main.command("export-data")
+@click.option("--data", required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["verl"]), default="verl", show_default=True)
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="A training config whose hyper-parameters the launch script carries.")
+@click.option("--model", default=None, help="Base model for the launch script.")
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export_data(data, out, fmt, config, model, on_bad_sample, force):
+    """Training data as parquet in the authors' Vision-OPD (verl) layout + a launch script."""
+    from .config import ConfigError, load_train_config
+    from .data import DataError, read_samples
+    from .verl import export_verl
+
+    try:
+        cfg = load_train_config(config, {"data.path": data, "data.on_bad_sample": on_bad_sample})
+        if Path(out).exists() and any(Path(out).iterdir()) and not force:
+            raise ConfigError(f"{out} exists and is not empty; pass --force to replace it")
+        samples, report = read_samples(cfg.data)
+        path = export_verl(samples, cfg, Path(out), model or cfg.model.path or "Qwen/Qwen2.5-VL-3B-Instruct")
+    except (ConfigError, DataError) as e:
+        _fail(e)
+    click.echo(f"{report.summary()}; wrote {path}/train.parquet and {path}/run_vision_opd.sh")
+
+
+@main.command()
 @click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def doctor(no_measure, as_json):

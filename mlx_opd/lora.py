@@ -47,6 +47,8 @@ def attach(model: nn.Module, cfg: LoraConfig) -> dict:
         get_peft_model(model, target_names(model, cfg.train_vision), rank=cfg.rank,
                        alpha=cfg.alpha, dropout=cfg.dropout, freeze=True, verbose=False)
         config = model._vlm_adapter_config
+    # which family the adapter belongs to, so an export onto another base fails clearly
+    config["mlx_opd"] = {"base_model_type": model.config.model_type}
     return config
 
 

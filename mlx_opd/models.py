@@ -154,6 +154,7 @@ class Batch:
     positions: mx.array       # [B, T] index of the position predicting response token t
     response_mask: mx.array   # [B, T] 1 where response token t exists
     response_ids: mx.array    # [B, T] (0 where padded)
+    shared_prompt: bool = False  # every row has the same prompt (one image, n responses)
 
 
 def make_batch(prompts: Sequence[Encoded], responses: Sequence[Sequence[int]],
@@ -178,6 +179,7 @@ def make_batch(prompts: Sequence[Encoded], responses: Sequence[Sequence[int]],
         mx.concatenate([p.pixel_values for p in prompts], axis=0),
         mx.concatenate([p.image_grid_thw for p in prompts], axis=0),
         mx.array(pos, dtype=mx.int32), mx.array(rmask), mx.array(rids, dtype=mx.int32),
+        shared_prompt=all(p is prompts[0] for p in prompts),
     )
 
 
@@ -236,10 +238,30 @@ def argmax_agreement(model: nn.Module, student_hidden: mx.array, teacher_hidden:
     return int(count.item())
 
 
+# Families whose cached-image-feature path is exact (qwen3_vl's drops its deepstack
+# features, see mlx-notes.md): there, a prompt shared by n rows runs the vision tower once.
+SHARED_FEATURE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_5")
+
+
+def image_features(model: nn.Module, pixel_values: mx.array, grid: mx.array) -> mx.array:
+    """Merged vision features of the images in `pixel_values` (one row per image token)."""
+    vt = model.vision_tower
+    pixel_values = pixel_values.astype(vt.patch_embed.proj.weight.dtype)
+    if model.config.model_type == "qwen3_5":
+        return vt(pixel_values, grid)[0]
+    return vt(pixel_values, grid, output_hidden_states=False)
+
+
 def _forward(model: nn.Module, batch: Batch) -> mx.array:
     reset_rope_state(model)
+    kwargs = {}
+    rows = batch.input_ids.shape[0]
+    if batch.shared_prompt and rows > 1 and model.config.model_type in SHARED_FEATURE_FAMILIES:
+        one = batch.pixel_values[: batch.pixel_values.shape[0] // rows]
+        kwargs["cached_image_features"] = mx.concatenate(
+            [image_features(model, one, batch.image_grid_thw[:1])] * rows)
     out = model(batch.input_ids, pixel_values=batch.pixel_values, mask=batch.attention_mask,
-                image_grid_thw=batch.image_grid_thw)
+                image_grid_thw=batch.image_grid_thw, **kwargs)
     reset_rope_state(model)
     return getattr(out, "logits", out)
 

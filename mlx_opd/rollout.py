@@ -19,6 +19,8 @@ import mlx.core as mx
 
 from . import models
 
+CHECK_EVERY = 8  # decode steps between host-side checks for "every row has stopped"
+
 
 @dataclass
 class Rollouts:
@@ -56,7 +58,6 @@ def sample_batch(loaded: models.Loaded, enc: models.Encoded, n: int, max_tokens:
     model = loaded.model
     key = mx.random.key(0) if key is None else key
     eos = set(models.eos_token_ids(loaded))
-    V = None
     bias = None
     models.reset_rope_state(model)
     cache = vlm_cache.make_prompt_cache(model.language_model)
@@ -73,27 +74,35 @@ def sample_batch(loaded: models.Loaded, enc: models.Encoded, n: int, max_tokens:
     _replicate_cache(cache, n)
     logits = mx.broadcast_to(logits, (n, V))
     keys = mx.random.split(key, max_tokens)
-    ids = [[] for _ in range(n)]
-    lps = [[] for _ in range(n)]
-    done = [False] * n
+    eos_ids = mx.array(sorted(eos), dtype=mx.int32)
+    stopped = mx.zeros((n,), dtype=mx.bool_)
+    steps_ids, steps_lp = [], []
     for t in range(max_tokens):
         scaled = logits / temperature
         if bias is not None:
             scaled = scaled + bias
         logp = _log_softmax(scaled)
         tokens = mx.random.categorical(logp, key=keys[t])
-        chosen = mx.take_along_axis(logp, tokens[:, None], -1)[:, 0]
-        mx.eval(tokens, chosen)
-        tok_list, lp_list = tokens.tolist(), chosen.tolist()
-        for i in range(n):
-            if not done[i]:
-                ids[i].append(tok_list[i])
-                lps[i].append(lp_list[i])
-                done[i] = tok_list[i] in eos
-        if all(done) or t == max_tokens - 1:
+        steps_ids.append(tokens)
+        steps_lp.append(mx.take_along_axis(logp, tokens[:, None], -1)[:, 0])
+        stopped = stopped | (tokens[:, None] == eos_ids[None, :]).any(-1)
+        # the host looks at the tokens only every CHECK_EVERY steps; meanwhile the next
+        # step is queued behind this one (async), so decoding never waits on Python
+        if (t + 1) % CHECK_EVERY == 0 and bool(stopped.all().item()):
+            break
+        if t == max_tokens - 1:
             break
         out = model.language_model(tokens[:, None], cache=cache)
         logits = getattr(out, "logits", out)[:, -1, :].astype(mx.float32)
+        mx.async_eval(logits, stopped, steps_lp[-1])
+    all_ids = mx.stack(steps_ids, axis=1).tolist()
+    all_lp = mx.stack(steps_lp, axis=1).tolist()
+    ids, lps, done = [], [], []
+    for row_ids, row_lp in zip(all_ids, all_lp):  # cut each row after its first EOS
+        cut = next((i + 1 for i, tok in enumerate(row_ids) if tok in eos), len(row_ids))
+        ids.append(row_ids[:cut])
+        lps.append(row_lp[:cut])
+        done.append(row_ids[cut - 1] in eos)
     models.reset_rope_state(model)
     return Rollouts(ids, lps, list(done), time.perf_counter() - t0)
 

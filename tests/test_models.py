@@ -108,3 +108,20 @@ def test_unsupported_family_is_named(tmp_path):
 def test_missing_config_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         models.load(tmp_path)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_shared_prompt_runs_vision_once_and_exactly(family, loaded, monkeypatch):
+    """n responses to one prompt: vision features computed once (where that is exact)
+    give the same log-probs as n separate prompts."""
+    L = loaded(family)
+    enc = models.encode(L, random_image(8, 120, 160), "What colour?")
+    copy = models.encode(L, random_image(8, 120, 160), "What colour?")
+    resp = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    calls = []
+    real = models.image_features
+    monkeypatch.setattr(models, "image_features", lambda *a: calls.append(1) or real(*a))
+    shared = models.response_logprobs(L.model, models.make_batch([enc] * 3, resp))
+    separate = models.response_logprobs(L.model, models.make_batch([enc, copy, enc], resp))
+    np.testing.assert_array_equal(np.array(shared), np.array(separate))
+    assert len(calls) == (1 if family in models.SHARED_FEATURE_FAMILIES else 0)

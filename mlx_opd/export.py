@@ -1,0 +1,282 @@
+"""Export a trained adapter for CUDA scale-up: Hugging Face checkpoints, PEFT adapters,
+or a fused MLX folder.
+
+    mlx-opd export --model BASE --adapter RUN_DIR --out DIR --format hf|peft|mlx
+
+hf    LoRA fused into the base; a quantized base is dequantized (lossy with respect to
+      the original bf16 weights: export from the original bf16 base with the same adapter
+      to avoid it); mlx-vlm's renames and layouts inverted (hf_layout.py); safetensors
+      under Hugging Face names, sharded past --max-shard-gb with an index; config.json
+      without quantization entries; tokenizer and processor files from the original
+      Hugging Face folder (--hf-source; mlx-vlm's converted folders carry a rewritten
+      processor config that transformers cannot load).
+peft  the LoRA adapter alone, in PEFT's layout, for the Hugging Face base:
+      lora_A = our lora_a^T [r, in], lora_B = our lora_b^T [out, r], lora_alpha = scale * r.
+mlx   the LoRA fused, MLX names: a folder mlx_vlm.load uses directly; a quantized base
+      stays quantized (fused weights re-quantized: lossy) unless --dequantize.
+Everything is written to a temporary folder and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from . import models
+from .hf_layout import hf_name, to_hf_weights
+from .lora import write_dir_atomically
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+                   "chat_template.jinja", "generation_config.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json",
+                   "video_preprocessor_config.json")
+DTYPES = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}
+# Module paths in transformers 5 differ from checkpoint keys for the Qwen2 families.
+_PEFT_MODULE_PREFIX = {"qwen2_vl": (("model.", "model.language_model."),),
+                       "qwen2_5_vl": (("model.", "model.language_model."),)}
+
+
+class ExportError(ValueError):
+    """Bad export input: what, where, and how to fix it."""
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """A RUN_DIR (its adapters/ or last checkpoint), a checkpoint folder or an adapter folder."""
+    p = Path(path)
+    if (p / "adapter_config.json").exists():
+        return p
+    if (p / "adapters" / "adapter_config.json").exists():
+        return p / "adapters"
+    from .checkpoint import latest
+
+    ck = latest(p)
+    if ck is not None:
+        return ck
+    raise ExportError(f"{p}: no adapter_config.json here, in {p}/adapters or in a checkpoint; "
+                      "pass a RUN_DIR written by `mlx-opd train` or an adapter folder")
+
+
+def _check_adapter_matches(base: Path, adapter: Path) -> dict:
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    base_cfg = json.loads((base / "config.json").read_text())
+    trained_on = (cfg.get("mlx_opd") or {}).get("base_model_type")
+    if trained_on and trained_on != base_cfg.get("model_type"):
+        raise ExportError(f"{adapter}: the adapter was trained on a {trained_on} model but "
+                          f"{base} is {base_cfg.get('model_type')}; pass the base it was trained on")
+    return cfg
+
+
+def load_with_adapter(base: str, adapter: Path) -> models.Loaded:
+    """Base + adapter, with every adapter matrix checked against its layer's shape (the
+    loader itself accepts mismatched LoRA shapes and fails later, deep in a matmul)."""
+    from mlx_vlm.trainer.peft.lora_layers import LoRALinear
+
+    def misfit(detail: str) -> ExportError:
+        return ExportError(f"{adapter}: the adapter does not fit {base} ({detail}); export "
+                           "with the base the adapter was trained on")
+
+    try:
+        loaded = models.load(base, adapter)
+    except (ValueError, KeyError, AttributeError, IndexError) as e:
+        raise misfit(f"{type(e).__name__}: {str(e)[:300]}") from None
+    for name, m in loaded.model.named_modules():
+        if isinstance(m, LoRALinear):
+            out_dims, in_dims = m.linear.weight.shape
+            if isinstance(m.linear, nn.QuantizedLinear):
+                in_dims = in_dims * 32 // m.linear.bits
+            if m.lora_a.shape[0] != in_dims or m.lora_b.shape[1] != out_dims:
+                raise misfit(f"{name}: layer is {in_dims} -> {out_dims}, adapter is "
+                             f"{m.lora_a.shape[0]} -> {m.lora_b.shape[1]}")
+    return loaded
+
+
+def fuse(model: nn.Module, dequantize: bool) -> int:
+    """Replace every LoRALinear by its fused Linear; returns how many were fused."""
+    from mlx_vlm.trainer.peft.lora_layers import LoRALinear
+
+    fused = [(name, m.fuse(dequantize=dequantize)) for name, m in model.named_modules()
+             if isinstance(m, LoRALinear)]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    return len(fused)
+
+
+def dequantize(model: nn.Module) -> int:
+    from mlx_vlm.trainer.common.model import _dequantize_model
+
+    n = sum(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+    _dequantize_model(model)
+    return n
+
+
+def shard(weights: dict, max_bytes: int) -> list[dict]:
+    shards, cur, size = [], {}, 0
+    for k in sorted(weights):
+        nbytes = weights[k].nbytes
+        if cur and size + nbytes > max_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k] = weights[k]
+        size += nbytes
+    return shards + ([cur] if cur else [])
+
+
+def _strip_quantization(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for d in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
+        for key in ("quantization", "quantization_config"):
+            d.pop(key, None)
+    return config
+
+
+def _copy_files(src: Path, dst: Path, names) -> list[str]:
+    copied = []
+    for name in names:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _hf_source(base: Path, hf_source: str | None) -> Path:
+    src = Path(hf_source).expanduser() if hf_source else base
+    if hf_source and not src.exists():
+        from huggingface_hub import snapshot_download
+
+        src = Path(snapshot_download(hf_source, allow_patterns=list(TOKENIZER_FILES + PROCESSOR_FILES)))
+    if not (src / "tokenizer_config.json").exists() and not (src / "tokenizer.json").exists():
+        raise ExportError(f"{src}: no tokenizer files; pass --hf-source with the original "
+                          "Hugging Face model (folder or hub id) the base was converted from")
+    return src
+
+
+def _check_out(out: Path, force: bool, need_bytes: int) -> None:
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out} exists and is not empty; pass --force to replace it")
+    parent = out.parent if out.parent.exists() else Path(".")
+    free = shutil.disk_usage(parent).free
+    if need_bytes * 1.05 > free:
+        raise ExportError(f"not enough disk space in {parent}: the export needs ~"
+                          f"{need_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+
+
+def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf16",
+              hf_source: str | None = None, force: bool = False,
+              max_shard_gb: float = 5.0) -> Path:
+    """Fused, dequantized Hugging Face checkpoint of base + adapter."""
+    adapter = resolve_adapter(adapter)
+    base_path = models.resolve_path(base)
+    _check_adapter_matches(base_path, adapter)
+    loaded = load_with_adapter(base, adapter)
+    quantized = any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                    for _, m in loaded.model.named_modules())
+    if quantized:
+        warnings.warn("the base is quantized: the export dequantizes it, which is lossy with "
+                      "respect to the original bf16 weights; to avoid that, export with the "
+                      "original bf16 base and the same adapter", stacklevel=2)
+    fuse(loaded.model, dequantize=True)
+    dequantize(loaded.model)
+    target = DTYPES[dtype]
+    weights = {k: v.astype(target) for k, v in
+               to_hf_weights(loaded.family, dict(tree_flatten(loaded.model.parameters()))).items()}
+    src = _hf_source(base_path, hf_source)
+    out = Path(out)
+    _check_out(out, force, sum(v.nbytes for v in weights.values()))
+    config = _strip_quantization(json.loads((base_path / "config.json").read_text()))
+    config["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+
+    def write(tmp: Path):
+        shards = shard(weights, int(max_shard_gb * 1e9))
+        if len(shards) == 1:
+            mx.save_safetensors(str(tmp / "model.safetensors"), shards[0], metadata={"format": "pt"})
+        else:
+            index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())},
+                     "weight_map": {}}
+            for i, part in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                mx.save_safetensors(str(tmp / name), part, metadata={"format": "pt"})
+                index["weight_map"].update({k: name for k in part})
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        _copy_files(src, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
+
+    return write_dir_atomically(out, write)
+
+
+def export_peft(base: str, adapter: str | Path, out: str | Path, force: bool = False) -> Path:
+    """The LoRA adapter in PEFT's layout, for the Hugging Face base."""
+    adapter = resolve_adapter(adapter)
+    base_path = models.resolve_path(base)
+    cfg = _check_adapter_matches(base_path, adapter)
+    params = cfg.get("lora_parameters") or {}
+    if cfg.get("fine_tune_type", "lora") != "lora" or "keys" not in params:
+        raise ExportError(f"{adapter}: only LoRA adapters export as PEFT (this one is "
+                          f"{cfg.get('fine_tune_type')}); use --format hf")
+    family = json.loads((base_path / "config.json").read_text())["model_type"]
+    weights = mx.load(str(adapter / "adapters.safetensors"))
+    rank, scale = int(params["rank"]), float(params["scale"])
+
+    def module_path(mlx_module: str) -> str:
+        path = hf_name(family, mlx_module + ".weight")[: -len(".weight")]
+        for src, dst in _PEFT_MODULE_PREFIX.get(family, ()):
+            if path.startswith(src) and not path.startswith(dst):
+                path = dst + path[len(src):]
+        return path
+
+    tensors, targets = {}, set()
+    for key in params["keys"]:
+        a, b = weights.get(key + ".lora_a"), weights.get(key + ".lora_b")
+        if a is None or b is None:
+            raise ExportError(f"{adapter}: adapter weights for {key} are missing")
+        path = module_path(key)
+        tensors[f"base_model.model.{path}.lora_A.weight"] = a.T.astype(mx.float32)
+        tensors[f"base_model.model.{path}.lora_B.weight"] = b.T.astype(mx.float32)
+        targets.add(path)
+    peft_config = {
+        "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": scale * rank,
+        "lora_dropout": float(params.get("dropout", 0.0)), "bias": "none",
+        "target_modules": sorted(targets), "fan_in_fan_out": False, "inference_mode": True,
+        "base_model_name_or_path": str(base), "init_lora_weights": True,
+    }
+    out = Path(out)
+    _check_out(out, force, sum(v.nbytes for v in tensors.values()))
+
+    def write(tmp: Path):
+        mx.save_safetensors(str(tmp / "adapter_model.safetensors"), tensors,
+                            metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
+
+    return write_dir_atomically(out, write)
+
+
+def export_mlx(base: str, adapter: str | Path, out: str | Path, force: bool = False,
+               dequantize_base: bool = False) -> Path:
+    """LoRA fused into the base: a folder mlx_vlm.load uses directly. A quantized base stays
+    quantized (the fused weights are re-quantized, which is lossy) unless
+    `dequantize_base`, which writes float weights and drops the quantization config."""
+    adapter = resolve_adapter(adapter)
+    base_path = models.resolve_path(base)
+    _check_adapter_matches(base_path, adapter)
+    loaded = load_with_adapter(base, adapter)
+    fuse(loaded.model, dequantize=dequantize_base)
+    config = json.loads((base_path / "config.json").read_text())
+    if dequantize_base:
+        dequantize(loaded.model)
+        config = _strip_quantization(config)
+    weights = dict(tree_flatten(loaded.model.parameters()))
+    out = Path(out)
+    _check_out(out, force, sum(v.nbytes for v in weights.values()))
+
+    def write(tmp: Path):
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        _copy_files(base_path, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
+
+    return write_dir_atomically(out, write)
