@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/blas.py --json runs/bench/blas.json
 	$(PY) benchmarks/loss.py --json runs/bench/loss.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_step.py --json runs/bench/train_step.json
+	$(PY) benchmarks/distributed.py --json runs/bench/distributed.json
 	$(PY) benchmarks/report.py runs/bench > runs/bench/report.md
 
 lint: $(STAMP)

@@ -59,6 +59,16 @@ def main():
           "forward/backward through the fused loss + AdamW step + EMA update (rollouts excluded); "
           "`sft_step` = cross-entropy on the same response tokens. `_crop`: the teacher sees the "
           "real crop view (fewer image tokens); otherwise both prompts have equal length.")
+    dist_path = d / "distributed.json"
+    if dist_path.exists():
+        one, two = json.loads(dist_path.read_text())
+        print("\n## Two processes on one machine (`benchmarks/distributed.py`)\n")
+        print(f"Tiny model, 4 prompts per step, ring backend on loopback: one process "
+              f"{one['step_seconds']:.2f} s/step; two processes {two['step_seconds']:.2f} s/step "
+              f"(x{two['speedup_vs_1']:.2f}: both share this machine's 2 cores), of which the "
+              f"gradient all-sum ({two['allreduce_bytes']:,} bytes) is {two['allreduce_seconds'] * 1000:.0f} ms "
+              f"({100 * two['allreduce_share']:.1f}%) and waiting for the slower rank "
+              f"{two['wait_seconds'] * 1000:.0f} ms ({100 * two['wait_share']:.1f}%).")
     print("\n## BLAS (`benchmarks/blas.py`)\n")
     for name in ("preloaded", "reference"):
         g = blas[name]["gflops"]

@@ -194,18 +194,21 @@ def _parse_set(values) -> dict:
               help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any other config field, e.g. --set optim.lr=2e-5 (repeatable).")
-def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets):
+@click.option("--distributed", is_flag=True,
+              help="Require an mlx.launch group (data-parallel over several processes/Macs).")
+def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, distributed):
     """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
     checkpoints/, adapters/ and config.yaml."""
     from .config import ConfigError, load_train_config
     from .data import DataError
+    from .distributed import DistributedError
     from .trainer import TrainingStopped, resume_config
     from .trainer import train as run_train
 
     overrides = _parse_set(sets)
     for key, value in (("model.path", model), ("data.path", data), ("run.out", out),
                        ("optim.max_steps", max_steps), ("run.save_every", save_every),
-                       ("run.seed", seed)):
+                       ("run.seed", seed), ("run.distributed", distributed or None)):
         if value is not None:
             overrides[key] = value
     try:
@@ -218,7 +221,8 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
             raise ConfigError("model.path and data.path are required (--model/--data or YAML)")
         _offline_if_local(cfg.model.path)
         run_train(cfg, resume=bool(resume_dir))
-    except (ConfigError, DataError, FileNotFoundError, TrainingStopped, ValueError) as e:
+    except (ConfigError, DataError, DistributedError, FileNotFoundError, TrainingStopped,
+            ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -169,6 +169,8 @@ class RunConfig:
     save_every: int = 10          # checkpoint every N optimizer steps (and on Ctrl-C, at the end)
     keep_last: int = 3            # checkpoints kept
     max_nonfinite: int = 5        # consecutive non-finite steps before the run stops
+    distributed: bool = False     # require an mlx.launch group (else: used when launched)
+    step_timeout_s: float = 1800.0  # distributed: a rank with no progress this long stops
 
 
 @dataclass(frozen=True)

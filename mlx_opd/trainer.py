@@ -33,7 +33,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map, tree_unflatten
 
-from . import checkpoint, lora, models
+from . import checkpoint, distributed, lora, models
 from .config import ConfigError, TrainConfig, load_train_config, to_dict
 from .data import Sample, read_samples
 from .loss import fused_token_divergence
@@ -155,7 +155,7 @@ def _add(a, b):
 
 # --- the loop ---------------------------------------------------------------------------
 
-def prepare(cfg: TrainConfig, run_dir: Path, resume: bool):
+def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dist):
     loaded = models.load(cfg.model.path, cfg.model.adapter)
     if cfg.model.adapter is None:
         adapter_config = lora.attach(loaded.model, cfg.lora)
@@ -163,20 +163,26 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool):
         adapter_config = loaded.model._vlm_adapter_config
     _apply_memory_controls(cfg, loaded.model)
     optimizer = optim.AdamW(learning_rate=_schedule(cfg.optim), weight_decay=cfg.optim.weight_decay)
+    optimizer.init(loaded.model.trainable_parameters())
     teacher = Teacher(loaded.model, cfg.teacher)
     state = RunState()
     if resume:
-        ck = checkpoint.latest(run_dir)
-        if ck is not None:
+        ck = checkpoint.latest(run_dir) if dist.main else None
+        counters = [0.0, 0.0, 0.0]
+        if ck is not None:  # rank 0 reads it; everyone gets rank 0's values
             saved = checkpoint.load(ck)
             loaded.model.update(tree_unflatten(list(saved["adapters"].items())))
             if saved["teacher"]:
                 teacher.params = dict(saved["teacher"])
-            optimizer.init(loaded.model.trainable_parameters())
             optimizer.state = saved["optimizer"]
             s = saved["state"]
-            state = RunState(s["step"], s["nonfinite_in_a_row"], s["nonfinite_total"])
-            print(f"resumed from {ck} (step {state.step})")
+            counters = [s["step"], s["nonfinite_in_a_row"], s["nonfinite_total"]]
+            print(f"resumed from {ck} (step {s['step']})")
+        loaded.model.update(distributed.broadcast_tree(loaded.model.trainable_parameters(), dist))
+        teacher.params = distributed.broadcast_tree(teacher.params, dist)
+        optimizer.state = distributed.broadcast_tree(optimizer.state, dist)
+        step, in_a_row, total = (int(x) for x in distributed.sum_floats(counters, dist))
+        state = RunState(step, in_a_row, total)
     return loaded, adapter_config, optimizer, teacher, state
 
 
@@ -196,65 +202,99 @@ def total_steps(cfg: TrainConfig, n_samples: int) -> int:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run Vision-OPD training; returns RUN_DIR. Resumable at any checkpoint."""
+    """Run Vision-OPD training; returns RUN_DIR. Resumable at any checkpoint. Under
+    mlx.launch every rank runs this; only rank 0 writes (see distributed.py)."""
+    dist = distributed.init(required=cfg.run.distributed)
     run_dir = Path(cfg.run.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     samples, report = read_samples(cfg.data)
-    import yaml
+    distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
+    if dist.main:
+        import yaml
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     mx.random.seed(cfg.run.seed)
-    loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume)
+    loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume, dist)
     steps = total_steps(cfg, len(samples))
-    log = MetricsLog(run_dir / "metrics.jsonl", state.step)
+    log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
     progress = Progress(steps, state.step)
-    print(f"{report.summary()}; {steps} steps of {cfg.optim.prompts_per_step} prompts x "
-          f"{cfg.rollout.n} samples; teacher {cfg.teacher.mode}; run dir {run_dir}")
+    watchdog = distributed.Watchdog(cfg.run.step_timeout_s, dist.rank) if dist.active else None
+
+    def save():
+        if dist.main:
+            return save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher,
+                                   state, len(samples))
+
+    if dist.main:
+        print(f"{report.summary()}; {steps} steps of {cfg.optim.prompts_per_step} prompts x "
+              f"{cfg.rollout.n} samples on {dist.size} process(es); teacher {cfg.teacher.mode}; "
+              f"run dir {run_dir}")
     try:
         while state.step < steps:
-            record = train_step(cfg, loaded, optimizer, teacher, samples, state)
-            log.write(record)
-            progress.update(state.step, record["loss/objective"], record["rollout/tokens_per_s"])
+            record = train_step(cfg, loaded, optimizer, teacher, samples, state, dist)
+            if watchdog is not None:
+                watchdog.beat()
+            if dist.main:
+                log.write(record)
+                progress.update(state.step, record["loss/objective"],
+                                record["rollout/tokens_per_s"])
             if state.nonfinite_in_a_row > cfg.run.max_nonfinite:
-                save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher, state,
-                                len(samples))
+                save()
                 raise TrainingStopped(
                     f"{state.nonfinite_in_a_row} non-finite steps in a row at step {state.step}; "
                     f"stopped with a checkpoint in {run_dir}/checkpoints. Lower optim.lr or check "
                     "the data, then resume with --resume")
             if state.step % cfg.run.save_every == 0 or state.step == steps:
-                save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher, state,
-                                len(samples))
+                save()
     except KeyboardInterrupt:
-        ck = save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher, state,
-                             len(samples))
-        print(f"\ninterrupted: saved {ck}; continue with --resume {run_dir}")
+        ck = save()
+        if dist.main:
+            print(f"\ninterrupted: saved {ck}; continue with --resume {run_dir}")
         raise
-    lora.save_adapter(run_dir / "adapters", lora.saved_weights(loaded.model, adapter_config),
-                      adapter_config)
-    print(f"done: adapters in {run_dir / 'adapters'}")
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+    if dist.main:
+        lora.save_adapter(run_dir / "adapters", lora.saved_weights(loaded.model, adapter_config),
+                          adapter_config)
+        print(f"done: adapters in {run_dir / 'adapters'}")
     return run_dir
 
 
-def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState) -> dict:
-    """roll out -> build views -> score -> step -> teacher update; returns the metrics."""
+def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
+               dist: distributed.Dist | None = None) -> dict:
+    """roll out -> build views -> score -> step -> teacher update; returns the metrics.
+    With several ranks each takes its share of the step's prompts (distributed.py)."""
+    dist = dist or distributed.init()
     t0 = time.perf_counter()
     mx.reset_peak_memory()
     mx.random.seed((cfg.run.seed * 7919 + state.step) % (1 << 31))  # e.g. LoRA dropout
     picked = [samples[i] for i in data_order(len(samples), cfg.run.seed, state.step,
                                              cfg.optim.prompts_per_step)]
-    rolled = [roll_out(loaded, s, cfg, rollout_key(cfg.run.seed, state.step, j))
-              for j, s in enumerate(picked)]
-    rollout_seconds = sum(r.seconds for _, r in rolled)
-    n_tokens = sum(r.num_tokens for _, r in rolled)
-    normaliser = float(n_tokens if cfg.loss.reduction == "token_mean"
-                       else sum(len(r.token_ids) for _, r in rolled))
+    rolled = [(s, *roll_out(loaded, s, cfg, rollout_key(cfg.run.seed, state.step, j)))
+              for j, s in distributed.my_share(picked, dist)]
+    rollout_seconds = sum(r.seconds for _, _, r in rolled)
+    lengths = [len(t) for _, _, r in rolled for t in r.token_ids]
+    finished = sum(f for _, _, r in rolled for f in r.finished)
+    n_tokens, n_seqs, finished, len_sum = distributed.sum_floats(
+        [sum(lengths), len(lengths), finished, sum(lengths)], dist)
+    normaliser = n_tokens if cfg.loss.reduction == "token_mean" else n_seqs
     grads, loss, agree = None, 0.0, 0
-    for sample, (enc, r) in zip(picked, rolled):
+    for sample, enc, r in rolled:
         s_batch = models.make_batch([enc] * len(r.token_ids), r.token_ids)
         t_batch = teacher_batch(loaded, sample, cfg, r.token_ids)
         scored = score(loaded, teacher, cfg, s_batch, t_batch, normaliser)
         grads, loss, agree = _add(grads, scored.grads), loss + scored.loss, agree + scored.agree
+    if grads is None:  # more ranks than prompts: this rank contributes zeros
+        grads = tree_map(mx.zeros_like, loaded.model.trainable_parameters())
+    mx.eval(grads)
+    t_wait = time.perf_counter()
+    distributed.barrier(dist)  # waiting here = the ranks' load imbalance, not the link
+    t_reduce = time.perf_counter()
+    grads = distributed.sum_tree(grads, dist)
+    mx.eval(grads)
+    allreduce_seconds = time.perf_counter() - t_reduce
+    loss, agree = distributed.sum_floats([loss, agree], dist)
     grads, grad_norm = optim.clip_grad_norm(grads, cfg.optim.grad_clip)
     grad_norm = float(grad_norm.item())
     lr = float(mx.array(optimizer.learning_rate).item())
@@ -268,15 +308,15 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState) -> dic
         state.nonfinite_in_a_row += 1
         state.nonfinite_total += 1
     state.step += 1
-    lengths = [len(t) for _, r in rolled for t in r.token_ids]
-    return {
+    per_rank = distributed.gather_float(rollout_seconds, dist)
+    record = {
         "step": state.step,
         "loss/objective": loss,
         f"loss/{cfg.loss.kind}": loss,
-        "rollout/mean_response_len": sum(lengths) / len(lengths),
-        "rollout/finished_frac": sum(f for _, r in rolled for f in r.finished) / len(lengths),
-        "rollout/tokens_per_s": n_tokens / max(rollout_seconds, 1e-9),
-        "rollout/seconds": rollout_seconds,
+        "rollout/mean_response_len": len_sum / max(n_seqs, 1),
+        "rollout/finished_frac": finished / max(n_seqs, 1),
+        "rollout/tokens_per_s": n_tokens / max(max(per_rank), 1e-9),
+        "rollout/seconds": max(per_rank),
         "time/step_seconds": time.perf_counter() - t0,
         "memory/peak_bytes": mx.get_peak_memory(),
         "optim/lr": lr,
@@ -285,6 +325,12 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState) -> dic
         "teacher/argmax_agreement": agree / max(n_tokens, 1),
         "data/samples_seen": state.step * cfg.optim.prompts_per_step,
     }
+    if dist.active:
+        record.update({"dist/ranks": dist.size, "dist/allreduce_seconds": allreduce_seconds,
+                       "dist/wait_seconds": t_reduce - t_wait,
+                       "dist/allreduce_bytes": distributed.tree_bytes(grads)})
+        record.update({f"dist/rollout_seconds_rank{r}": t for r, t in enumerate(per_rank)})
+    return record
 
 
 def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
