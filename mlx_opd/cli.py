@@ -303,6 +303,79 @@ def export_data(data, out, fmt, config, model, on_bad_sample, force):
 
 
 @main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", type=int, default=200, show_default=True, help="Training scenes.")
+@click.option("--n-heldout", type=int, default=None, help="Held-out scenes (default: --n).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--image-size", type=int, nargs=2, default=(320, 240), show_default=True,
+              metavar="W H")
+@click.option("--evidence-size", type=int, default=12, show_default=True,
+              help="Side of the evidence object in pixels (smaller = harder in the full view).")
+@click.option("--clutter", type=int, default=25, show_default=True, help="Grey shapes.")
+@click.option("--distractors", type=int, default=0, show_default=True,
+              help="Coloured shapes of other kinds.")
+@click.option("--options", "n_options", type=int, default=4, show_default=True)
+@click.option("--fixed-options", is_flag=True, help="Same option order in every scene.")
+def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distractors, n_options,
+          fixed_options):
+    """Synthetic fine-detail VQA: DIR/train.jsonl and DIR/heldout.jsonl with PNGs."""
+    from .synth import SynthConfig, write_dataset
+
+    try:
+        cfg = SynthConfig(tuple(image_size), evidence_size, clutter, distractors, n_options,
+                          fixed_options)
+    except ValueError as e:
+        _fail(e)
+    paths = write_dataset(out, n, seed, cfg, n_heldout)
+    click.echo(f"wrote {paths['train']} and {paths['heldout']}")
+
+
+@main.command("eval")
+@click.option("--model", required=True, help="Hub id or local model folder.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="EVAL.json")
+@click.option("--views", default="plain,student,teacher", show_default=True,
+              help="Comma-separated subset of plain, student, teacher.")
+@click.option("--limit", type=int, default=None)
+@click.option("--max-tokens", type=int, default=8, show_default=True)
+@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+              show_default=True)
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True)
+@click.option("--instruction", default=None,
+              help="Answer instruction after the options (default: the benchmark one).")
+@pixel_options
+@view_options
+def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on_bad_sample,
+             instruction, **kw):
+    """Accuracy under plain / student / teacher views and the gap (crop - plain)."""
+    _offline_if_local(model)
+    import dataclasses
+
+    from . import models
+    from .config import DataConfig
+    from .data import DataError, read_samples
+    from .evaluate import evaluate, write
+
+    pixels, view_cfg = _pixels(kw), _view_cfg(kw)
+    if instruction is not None:
+        view_cfg = dataclasses.replace(view_cfg, answer_instruction=instruction)
+    try:
+        samples, report = read_samples(DataConfig(path=data, box_format=box_format,
+                                                  on_bad_sample=on_bad_sample, limit=limit))
+        loaded = models.load(model, adapter)
+        summary, rows = evaluate(loaded, samples, tuple(v.strip() for v in views.split(",")),
+                                 view_cfg, pixels, max_tokens,
+                                 progress=lambda i, n: click.echo(f"\r{i}/{n}", nl=False, err=True))
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    write(summary, rows, Path(out))
+    click.echo("\n" + json.dumps(summary, indent=2))
+    click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}")
+
+
+@main.command()
 @click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def doctor(no_measure, as_json):

@@ -1,7 +1,14 @@
-"""Synthetic fine-detail scenes: clutter plus one small evidence object and its box.
+"""Synthetic fine-detail VQA: cluttered scenes with one small evidence object and its box.
 
-Deterministic for a seed. The question asks for the evidence object's colour, with
-lettered options; the answer is unambiguous inside the box.
+    mlx-opd synth --out data/synth --n 400 --seed 0 --evidence-size 10 --clutter 30
+
+Each scene: a textured grey background, `clutter` grey shapes of random size, optional
+coloured distractors of other shapes, and ONE small coloured evidence shape. The question
+names the evidence's shape ("the small circle"), the options are colours, and the answer
+is unambiguous inside the box (the box holds one coloured shape) and still present in the
+full image (nothing covers the evidence). Difficulty: a smaller evidence object relative
+to the image, more clutter and coloured distractors make the full view harder; the crop
+stays easy. Deterministic for a seed; the held-out split uses a disjoint seed stream.
 """
 
 from __future__ import annotations
@@ -13,9 +20,27 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-           "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (245, 140, 30)}
+COLOURS = {"green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+           "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 200, 210)}
 SHAPES = ("circle", "square", "triangle")
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out scenes come from a disjoint seed stream
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    image_size: tuple[int, int] = (320, 240)
+    evidence_size: int = 12        # side of the evidence shape, pixels
+    clutter: int = 25              # grey shapes
+    distractors: int = 0           # coloured shapes of OTHER shapes than the evidence's
+    n_options: int = 4
+    fixed_options: bool = False    # options always in the same order (easier for tiny models)
+
+    def __post_init__(self):
+        w, h = self.image_size
+        if self.evidence_size < 2 or self.evidence_size > min(w, h) // 2:
+            raise ValueError(f"evidence_size must be in [2, {min(w, h) // 2}], got {self.evidence_size}")
+        if not 2 <= self.n_options <= len(COLOURS):
+            raise ValueError(f"n_options must be in [2, {len(COLOURS)}]")
 
 
 @dataclass(frozen=True)
@@ -25,6 +50,7 @@ class Scene:
     question: str
     options: tuple[str, ...]
     answer: str                     # option letter
+    colour: str
 
 
 def _draw_shape(d: ImageDraw.ImageDraw, shape: str, xyxy, fill) -> None:
@@ -37,37 +63,92 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, xyxy, fill) -> None:
         d.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=fill)
 
 
-def make_scene(seed: int, size: tuple[int, int] = (320, 240), n_clutter: int = 25,
-               evidence_side: int = 14) -> Scene:
-    """A grey textured background, `n_clutter` gray shapes, and one small coloured shape."""
+def _overlaps(a, b, pad=2) -> bool:
+    return not (a[2] + pad <= b[0] or b[2] + pad <= a[0] or a[3] + pad <= b[1] or b[3] + pad <= a[1])
+
+
+def make_scene(seed: int, cfg: SynthConfig = SynthConfig()) -> Scene:
     rng = random.Random(seed)
-    W, H = size
-    img = Image.new("RGB", size, (200, 200, 200))
+    W, H = cfg.image_size
+    img = Image.new("RGB", (W, H), (200, 200, 200))
     d = ImageDraw.Draw(img)
-    for _ in range(n_clutter):
-        s = rng.randint(8, 40)
-        x, y = rng.randint(0, W - s), rng.randint(0, H - s)
-        g = rng.randint(60, 160)
-        _draw_shape(d, rng.choice(SHAPES), (x, y, x + s, y + s), (g, g, g))
-    s = evidence_side
+    for _ in range(W * H // 400):  # texture: faint grey speckles
+        x, y = rng.randrange(W), rng.randrange(H)
+        g = rng.randint(185, 215)
+        d.point((x, y), fill=(g, g, g))
+    s = cfg.evidence_size
     x, y = rng.randint(2, W - s - 2), rng.randint(2, H - s - 2)
-    colour = rng.choice(sorted(COLOURS))
+    box = (x, y, x + s, y + s)
+    placed = [box]
+    for _ in range(cfg.clutter):
+        side = rng.randint(8, 40)
+        for _ in range(20):  # grey clutter never covers the evidence
+            cx, cy = rng.randint(0, W - side), rng.randint(0, H - side)
+            cand = (cx, cy, cx + side, cy + side)
+            if not _overlaps(cand, box):
+                g = rng.randint(70, 160)
+                _draw_shape(d, rng.choice(SHAPES), cand, (g, g, g))
+                break
+    names = sorted(COLOURS)
+    # fixed options: the answer is one of the listed colours, each letter equally likely
+    colour = rng.choice(names[: cfg.n_options] if cfg.fixed_options else names)
     shape = rng.choice(SHAPES)
-    _draw_shape(d, shape, (x, y, x + s, y + s), COLOURS[colour])
-    options = rng.sample(sorted(COLOURS), 4)
-    if colour not in options:
-        options[rng.randrange(4)] = colour
-    answer = "ABCD"[options.index(colour)]
-    return Scene(img, (x, y, x + s, y + s), f"What is the colour of the small {shape}?",
-                 tuple(options), answer)
+    for _ in range(cfg.distractors):
+        side = rng.randint(s, 3 * s)
+        for _ in range(20):
+            cx, cy = rng.randint(0, W - side), rng.randint(0, H - side)
+            cand = (cx, cy, cx + side, cy + side)
+            if not any(_overlaps(cand, p) for p in placed):
+                _draw_shape(d, rng.choice([x for x in SHAPES if x != shape]), cand,
+                            COLOURS[rng.choice(names)])
+                placed.append(cand)
+                break
+    _draw_shape(d, shape, box, COLOURS[colour])
+    if cfg.fixed_options:
+        options = names[: cfg.n_options]
+    else:
+        options = rng.sample([c for c in names if c != colour], cfg.n_options - 1) + [colour]
+        rng.shuffle(options)
+    answer = "ABCDEF"[options.index(colour)]
+    return Scene(img, box, f"What is the colour of the small {shape}?", tuple(options), answer,
+                 colour)
 
 
 def write_scene(scene: Scene, out_dir: Path, name: str = "scene") -> Path:
-    """Write the image and a one-line JSONL in mlx-opd's sample format; return the JSONL."""
+    """Write one scene as PNG + a one-line JSONL; return the JSONL."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scene.image.save(out_dir / f"{name}.png")
-    row = {"image": f"{name}.png", "question": scene.question, "options": list(scene.options),
-           "box": list(scene.box), "answer": scene.answer}
     path = out_dir / f"{name}.jsonl"
-    path.write_text(json.dumps(row) + "\n")
+    path.write_text(json.dumps(_row(scene, f"{name}.png", name)) + "\n")
     return path
+
+
+def _row(scene: Scene, image: str, sid: str) -> dict:
+    return {"id": sid, "image": image, "question": scene.question, "options": list(scene.options),
+            "box": list(scene.box), "answer": scene.answer}
+
+
+def write_split(out_dir: Path, name: str, n: int, seed: int, cfg: SynthConfig) -> Path:
+    """`n` scenes from seeds seed, seed+1, ... as DIR/name/*.png + DIR/name.jsonl."""
+    img_dir = out_dir / name
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        scene = make_scene(seed + i, cfg)
+        scene.image.save(img_dir / f"{i:05d}.png")
+        rows.append(_row(scene, f"{name}/{i:05d}.png", f"{name}-{i:05d}"))
+    path = out_dir / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig(),
+                  n_heldout: int | None = None) -> dict[str, Path]:
+    """train.jsonl (seeds from `seed`) and heldout.jsonl (a disjoint seed stream)."""
+    out_dir = Path(out_dir)
+    out = {"train": write_split(out_dir, "train", n, seed, cfg),
+           "heldout": write_split(out_dir, "heldout", n if n_heldout is None else n_heldout,
+                                  seed + HELDOUT_SEED_OFFSET, cfg)}
+    (out_dir / "synth_config.json").write_text(json.dumps(
+        {"seed": seed, "n": n, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}, indent=2))
+    return out

@@ -1,0 +1,111 @@
+"""Accuracy under the three views and the regional-to-global gap.
+
+    mlx-opd eval --model M [--adapter A] --data D --out EVAL.json [--views plain,teacher]
+
+Greedy answers (temperature 0) to multiple-choice samples under the plain full image (the
+deployment setting), the student view (box + hint) and the teacher view (crop); accuracy
+per view; gap = crop accuracy - plain accuracy. Writes EVAL.json (summary), EVAL.jsonl
+(one line per sample and view) and EVAL.png (bar chart).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from . import models
+from .config import PixelConfig, ViewConfig
+from .data import Sample
+from .views import LETTERS, plain_view, student_view, teacher_view
+
+VIEWS = {"plain": plain_view, "student": student_view, "teacher": teacher_view}
+SUMMARY_KEY = {"plain": "plain_acc", "student": "student_acc", "teacher": "crop_acc"}
+
+
+def parse_answer(text: str, options) -> str | None:
+    """The option letter a free-form answer names, or None. Accepts "B", "(B)", "B.",
+    "B) blue", "The answer is B", "Answer: B", and the option's own text ("blue")."""
+    letters = LETTERS[: len(options or [])] or "ABCD"
+    t = text.strip()
+    patterns = [rf"^\(?([{letters}])\)?(?:[.:,)\s]|$)",
+                rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?:[.:,)\s]|$)",
+                rf"(?:option|choice)\s*\(?([{letters}])\)?(?:[.:,)\s]|$)"]
+    for p in patterns:
+        m = re.search(p, t, flags=re.IGNORECASE if p != patterns[0] else 0)
+        if m:
+            return m.group(1).upper()
+    if options:
+        hits = [i for i, o in enumerate(options)
+                if re.search(rf"\b{re.escape(o.strip())}\b", t, flags=re.IGNORECASE)]
+        if len(hits) == 1:
+            return letters[hits[0]]
+    return None
+
+
+def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "student", "teacher"),
+             view_cfg: ViewConfig = ViewConfig(), pixels: PixelConfig = PixelConfig(),
+             max_tokens: int = 8, progress=None) -> tuple[dict, list[dict]]:
+    """(summary, per-sample rows). Samples without an answer are skipped and counted."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; choose from {list(VIEWS)}")
+    rows, correct, unparsed, counted = [], {v: 0 for v in views}, {v: 0 for v in views}, 0
+    no_answer = 0
+    for i, s in enumerate(samples):
+        if not s.answer:
+            no_answer += 1
+            continue
+        counted += 1
+        for v in views:
+            view = VIEWS[v](s, view_cfg)
+            enc = models.encode(loaded, view.image, view.text, pixels)
+            out = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+            text = models.decode(loaded, out.token_ids)
+            pred = parse_answer(text, s.options)
+            ok = pred is not None and pred == s.answer.strip().upper()
+            correct[v] += ok
+            unparsed[v] += pred is None
+            rows.append({"id": s.id, "view": v, "answer": text, "parsed": pred,
+                         "expected": s.answer, "correct": ok})
+        if progress:
+            progress(i + 1, len(samples))
+    if not counted:
+        raise ValueError("no sample has an answer: evaluation needs the `answer` field")
+    summary = {"n": counted, "skipped_no_answer": no_answer,
+               "unparsed": sum(unparsed.values()), "unparsed_by_view": unparsed}
+    for v in views:
+        summary[SUMMARY_KEY[v]] = correct[v] / counted
+    if "plain" in views and "teacher" in views:
+        summary["gap"] = summary["crop_acc"] - summary["plain_acc"]
+    return summary, rows
+
+
+def bar_chart(summary: dict, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [(k, v) for k, v in (("plain", "plain_acc"), ("student", "student_acc"),
+                                  ("crop", "crop_acc")) if v in summary]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    bars = ax.bar([n for n, _ in names], [summary[k] for _, k in names],
+                  color=["#888888", "#d9534f", "#428bca"][: len(names)])
+    for b, (_, k) in zip(bars, names):
+        ax.text(b.get_x() + b.get_width() / 2, summary[k] + 0.01, f"{summary[k]:.2f}", ha="center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or (f"gap (crop - plain) = {summary['gap']:+.2f}" if "gap" in summary else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(summary: dict, rows: list[dict], out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bar_chart(summary, out.with_suffix(".png"))

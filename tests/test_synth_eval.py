@@ -1,0 +1,109 @@
+"""The synthetic benchmark generator and the evaluator's answer parsing."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlx_opd.cli import main
+from mlx_opd.config import DataConfig, ViewConfig
+from mlx_opd.data import read_samples
+from mlx_opd.evaluate import evaluate, parse_answer
+from mlx_opd.synth import COLOURS, SynthConfig, make_scene, write_dataset
+from mlx_opd.views import teacher_view
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B", "B"), ("(B)", "B"), ("B.", "B"), ("B) blue", "B"), ("The answer is B", "B"),
+    ("Answer: C", "C"), ("answer is (D).", "D"), ("option A", "A"), ("blue", "B"),
+    ("It is Blue.", "B"), ("", None), ("E", None), ("blue or green", None), ("Banana", None),
+])
+def test_parse_answer(text, expected):
+    assert parse_answer(text, ["green", "blue", "cyan", "yellow"]) == expected
+
+
+def test_scene_is_deterministic_and_answerable_in_the_crop():
+    cfg = SynthConfig(evidence_size=10, clutter=30, distractors=3)
+    a, b, c = make_scene(5, cfg), make_scene(5, cfg), make_scene(6, cfg)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.answer == b.answer
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+    x1, y1, x2, y2 = a.box
+    assert x2 - x1 == 10 and a.options["ABCDEF".index(a.answer)] == a.colour
+    # inside the box: the evidence colour is there, no other saturated colour
+    crop = np.asarray(a.image)[y1:y2, x1:x2].reshape(-1, 3)
+    assert (np.abs(crop - np.array(COLOURS[a.colour])).sum(1) == 0).sum() > 10
+    saturated = crop[(crop.max(1) - crop.min(1)) > 60]
+    assert all(tuple(p) == COLOURS[a.colour] for p in saturated)
+
+
+def test_difficulty_options_and_splits(tmp_path):
+    paths = write_dataset(tmp_path, 6, 3, SynthConfig(evidence_size=8, fixed_options=True),
+                          n_heldout=4)
+    train, _ = read_samples(DataConfig(path=str(paths["train"])))
+    held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
+    assert len(train) == 6 and len(held) == 4
+    assert all(s.options == train[0].options for s in train + held)  # fixed option order
+    assert {s.box for s in train}.isdisjoint({s.box for s in held})  # different seed streams
+    assert all(s.box[2] - s.box[0] == 8 for s in train)
+    again = write_dataset(tmp_path / "again", 6, 3, SynthConfig(evidence_size=8, fixed_options=True),
+                          n_heldout=4)
+    assert again["train"].read_text() == paths["train"].read_text()
+    with pytest.raises(ValueError, match="evidence_size"):
+        SynthConfig(evidence_size=500)
+
+
+def test_synth_and_eval_commands(tiny_dir, tmp_path):
+    r = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "d"), "--n", "3", "--seed", "1",
+                                  "--evidence-size", "14", "--clutter", "5", "--distractors", "1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", "--model", str(tiny_dir["qwen2_5_vl"]), "--data",
+                                  str(tmp_path / "d" / "heldout.jsonl"), "--out",
+                                  str(tmp_path / "e.json"), "--views", "plain,teacher",
+                                  "--max-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert {"plain_acc", "crop_acc", "gap", "n", "unparsed"} <= set(e) and e["n"] == 3
+    assert e["gap"] == pytest.approx(e["crop_acc"] - e["plain_acc"])
+    rows = (tmp_path / "e.jsonl").read_text().splitlines()
+    assert len(rows) == 6 and (tmp_path / "e.png").stat().st_size > 1000
+    r = CliRunner().invoke(main, ["eval", "--model", str(tiny_dir["qwen2_5_vl"]), "--data",
+                                  str(tmp_path / "d" / "heldout.jsonl"), "--out",
+                                  str(tmp_path / "x.json"), "--views", "plain,zoomed"])
+    assert r.exit_code != 0 and "unknown view" in r.output
+
+
+def test_evaluate_counts_against_a_scripted_model(loaded, tmp_path):
+    """The scorer itself: with the answer planted as the model's only possible output."""
+    import mlx.core as mx
+
+    from mlx_opd import models
+
+    write_dataset(tmp_path, 4, 0, SynthConfig(fixed_options=True), n_heldout=1)
+    samples, _ = read_samples(DataConfig(path=str(tmp_path / "train.jsonl")))
+    L = models.load(loaded("qwen2_vl").path)
+    letter = samples[0].answer
+    tok = L.tokenizer.encode(letter, add_special_tokens=False)[0]
+    w = L.model.language_model.lm_head.weight
+    L.model.language_model.lm_head.weight = mx.zeros_like(w)
+    bias = mx.zeros((w.shape[0],)).at[tok].add(100.0)
+    head = L.model.language_model.lm_head
+    L.model.language_model.lm_head = lambda h: head(h) + bias  # always answers `letter`
+    summary, rows = evaluate(L, samples, ("plain", "teacher"), ViewConfig(), max_tokens=1)
+    expected = sum(s.answer == letter for s in samples) / len(samples)
+    assert summary["plain_acc"] == expected and summary["crop_acc"] == expected
+    assert summary["unparsed"] == 0 and len(rows) == 8
+    assert teacher_view(samples[0]).image.size[0] >= 28
+
+
+def test_tiny_base_is_built_once_and_cached(tmp_path):
+    from mlx_opd import demo, models
+
+    logs = []
+    path = demo.build_base(demo.QUICK, tmp_path, log=logs.append)
+    assert (path / "base_recipe.json").exists() and any("built" in m for m in logs)
+    again = demo.build_base(demo.QUICK, tmp_path, log=logs.append)
+    assert again == path and "cached" in logs[-1]
+    L = models.load(path)  # an ordinary Hugging Face-layout checkpoint
+    assert L.family == "qwen2_5_vl"
+    assert not any(p.name.startswith(".build") for p in tmp_path.iterdir())
