@@ -52,7 +52,6 @@ class Scored:
     """What one prompt contributed to a step."""
 
     loss: float
-    tokens: int
     agree: int
     grads: dict
 
@@ -146,7 +145,7 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
     (value, student_hidden), grads = nn.value_and_grad(model, objective)(model)
     mx.eval(value, grads)
     agree = models.argmax_agreement(model, student_hidden, teacher_hidden, s_batch.response_mask)
-    return Scored(float(value.item()), int(s_batch.response_mask.sum().item()), agree, grads)
+    return Scored(float(value.item()), agree, grads)
 
 
 def _add(a, b):
