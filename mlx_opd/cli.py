@@ -388,31 +388,24 @@ def doctor(no_measure, as_json):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--family", type=click.Choice(FAMILIES), default="qwen2_5_vl", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def demo(out, family, seed):
-    """Offline demo: build a tiny checkpoint, generate a scene, compare crop vs full."""
+@click.option("--quick", is_flag=True, help="A reduced run that checks the plumbing (seconds).")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Where the tiny base is cached (default: OUT/cache).")
+@click.option("--compare-teachers", is_flag=True,
+              help="Baselines instead: frozen / EMA / live teacher and off-policy SFT on the "
+                   "teacher's crop answers (OUT/compare.json, OUT/compare.png).")
+def demo(out, quick, cache, compare_teachers):
+    """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
+    eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from . import models
-    from .compare import compare as run_compare
-    from .compare import format_table
-    from .config import DataConfig
-    from .data import read_samples
-    from .synth import make_scene, write_scene
-    from .tiny import build_tiny_model
+    from .demo import compare_teachers as run_compare
+    from .demo import run_demo
 
-    out_dir = Path(out)
-    model_dir = out_dir / f"tiny-{family}"
-    click.echo(f"[1/3] building tiny {family} checkpoint in {model_dir}")
-    build_tiny_model(family, model_dir, seed=seed, force=True)
-    click.echo(f"[2/3] generating a fine-detail scene in {out_dir}")
-    data = write_scene(make_scene(seed), out_dir)
-    samples, _ = read_samples(DataConfig(path=str(data)))
-    click.echo("[3/3] comparing plain / student / teacher views (random weights: answers are noise)")
-    result = run_compare(models.load(model_dir), samples[0])
-    click.echo(format_table(result))
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
-    click.echo(f"wrote {out_dir / 'compare.json'}")
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if compare_teachers:
+        run_compare(out, quick=quick, cache=cache, log=log)
+    else:
+        run_demo(out, quick=quick, cache=cache, log=log)
 
 
 if __name__ == "__main__":

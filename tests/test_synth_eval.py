@@ -1,6 +1,7 @@
 """The synthetic benchmark generator and the evaluator's answer parsing."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,20 @@ def test_tiny_base_is_built_once_and_cached(tmp_path):
     L = models.load(path)  # an ordinary Hugging Face-layout checkpoint
     assert L.family == "qwen2_5_vl"
     assert not any(p.name.startswith(".build") for p in tmp_path.iterdir())
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    from mlx_opd.cli import main as cli
+
+    r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    for part in ("before", "after"):
+        assert {"plain_acc", "student_acc", "crop_acc"} <= set(s[part])
+        assert all(0.0 <= s[part][k] <= 1.0 for k in ("plain_acc", "student_acc", "crop_acc"))
+    assert s["gap_before"] == pytest.approx(s["before"]["crop_acc"] - s["before"]["plain_acc"])
+    assert s["gap_after"] == pytest.approx(s["after"]["crop_acc"] - s["after"]["plain_acc"])
+    assert s["train_steps"] == 2 and s["wall_seconds"] > 0
+    assert Path(s["base_model"]).exists() and (Path(s["adapter"]) / "adapter_config.json").exists()
+    assert [h["step"] for h in s["history"]] == [0, 1, 2]
+    assert (tmp_path / "demo" / "summary.png").stat().st_size > 1000

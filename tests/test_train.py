@@ -242,3 +242,20 @@ def test_train_rejects_bad_input(tiny_dir, tmp_path):
     r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "nothing")])
     assert r.exit_code != 0 and "config.yaml" in r.output
     warnings.simplefilter("default")
+
+
+def test_training_never_reads_the_answers(tiny_dir, tmp_path):
+    rows = [json.loads(ln) for ln in DATA.read_text().splitlines()]
+    for r in rows:
+        r["image"] = str(DATA.parent / r["image"])
+    scrambled = tmp_path / "scrambled.jsonl"
+    scrambled.write_text("".join(json.dumps({**r, "answer": "Z"}) + "\n" for r in rows))
+    results = []
+    for name, data in (("a", DATA), ("b", scrambled)):
+        cfg = load_train_config(str(EXAMPLE), {"model.path": str(tiny_dir["qwen2_5_vl"]),
+                                               "data.path": str(data), "optim.max_steps": 2,
+                                               "run.out": str(tmp_path / name)})
+        trainer.train(cfg)
+        results.append(mx.load(str(tmp_path / name / "adapters" / "adapters.safetensors")))
+    for k in results[0]:
+        np.testing.assert_array_equal(np.array(results[0][k]), np.array(results[1][k]))
