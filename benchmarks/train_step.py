@@ -29,6 +29,7 @@ import mlx.optimizers as optim
 
 from mlx_opd import lora, models, rollout, trainer
 from mlx_opd.config import LoraConfig, TrainConfig, build
+from mlx_opd.sft import response_ce
 from mlx_opd.synth import make_scene
 from mlx_opd.teacher import Teacher
 from mlx_opd.tiny import TinySize, build_tiny_model
@@ -56,12 +57,7 @@ def timed(fn, repeats):
 
 def sft_step(loaded, optimizer, batch):
     """Cross-entropy on the response tokens (the supervised baseline)."""
-    def objective(m):
-        logits = models.apply_head(m, models.response_hidden(m, batch))
-        ce = nn.losses.cross_entropy(logits, batch.response_ids, reduction="none")
-        return (ce * batch.response_mask).sum() / batch.response_mask.sum()
-
-    value, grads = nn.value_and_grad(loaded.model, objective)(loaded.model)
+    value, grads = nn.value_and_grad(loaded.model, response_ce)(loaded.model, batch)
     optimizer.update(loaded.model, grads)
     mx.eval(value, loaded.model.trainable_parameters(), optimizer.state)
 

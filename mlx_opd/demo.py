@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,8 +82,6 @@ def pixels(r: DemoRecipe) -> PixelConfig:
 def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     """The tiny base with perception, trained on crops; cached under cache/<recipe key>."""
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
     from . import models
@@ -92,6 +89,7 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     from .data import read_samples
     from .hf_layout import to_hf_weights
     from .lora import write_dir_atomically
+    from .sft import train_supervised
     from .synth import write_split
     from .tiny import TinySize, build_tiny_model
     from .views import teacher_view
@@ -118,23 +116,9 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
         examples.append((models.encode(L, v.image, v.text, pixels(r)),
                          L.tokenizer.encode(s.answer, add_special_tokens=False) + [eos]))
     L.model.unfreeze()
-    opt = optim.AdamW(learning_rate=r.sft_lr, weight_decay=0.0)
-
-    def loss_fn(m, batch):
-        logits = models.apply_head(m, models.response_hidden(m, batch))
-        ce = nn.losses.cross_entropy(logits, batch.response_ids, reduction="none")
-        return (ce * batch.response_mask).sum() / batch.response_mask.sum()
-
-    step_fn = nn.value_and_grad(L.model, loss_fn)
-    rng = random.Random(r.seed)
-    for step in range(r.sft_steps):
-        pick = rng.sample(range(len(examples)), min(r.sft_batch, len(examples)))
-        batch = models.make_batch([examples[i][0] for i in pick], [examples[i][1] for i in pick])
-        loss, grads = step_fn(L.model, batch)
-        opt.update(L.model, grads)
-        mx.eval(L.model.parameters(), opt.state)
-        if step % 50 == 0 or step == r.sft_steps - 1:
-            log(f"tiny base: supervised step {step + 1}/{r.sft_steps}, loss {float(loss.item()):.4f}")
+    train_supervised(L, examples, r.sft_steps, r.sft_batch, r.sft_lr, seed=r.seed,
+                     log=lambda i, n, loss: log(f"tiny base: supervised step {i + 1}/{n}, "
+                                                f"loss {loss:.4f}"))
 
     def write(tmp: Path):
         for f in init.iterdir():
@@ -259,13 +243,10 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
 def sft_on_teacher_answers(r: DemoRecipe, base: Path, train_path: Path, out: Path) -> Path:
     """Off-policy baseline: the base's greedy answers on the CROP become labels for the
     plain full image; LoRA trained with cross-entropy for the same steps, lr and batch."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-
     from . import lora, models
     from .config import DataConfig, LoraConfig
     from .data import read_samples
+    from .sft import train_supervised
     from .views import plain_view, teacher_view
 
     samples, _ = read_samples(DataConfig(path=str(train_path)))
@@ -278,21 +259,7 @@ def sft_on_teacher_answers(r: DemoRecipe, base: Path, train_path: Path, out: Pat
         examples.append((models.encode(L, p.image, p.text, pixels(r)),
                          answer.token_ids + models.eos_token_ids(L)[:1]))
     adapter_config = lora.attach(L.model, LoraConfig(rank=16, alpha=32))
-    opt = optim.AdamW(learning_rate=r.opd_lr, weight_decay=0.01)
-
-    def loss_fn(m, batch):
-        logits = models.apply_head(m, models.response_hidden(m, batch))
-        ce = nn.losses.cross_entropy(logits, batch.response_ids, reduction="none")
-        return (ce * batch.response_mask).sum() / batch.response_mask.sum()
-
-    step_fn = nn.value_and_grad(L.model, loss_fn)
-    rng = random.Random(r.seed)
-    for _ in range(r.opd_steps):
-        pick = rng.sample(range(len(examples)), min(16, len(examples)))
-        batch = models.make_batch([examples[i][0] for i in pick], [examples[i][1] for i in pick])
-        _, grads = step_fn(L.model, batch)
-        opt.update(L.model, grads)
-        mx.eval(L.model.trainable_parameters(), opt.state)
+    train_supervised(L, examples, r.opd_steps, 16, r.opd_lr, weight_decay=0.01, seed=r.seed)
     return lora.save_adapter(out / "adapters", lora.trainable(L.model), adapter_config)
 
 
