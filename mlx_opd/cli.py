@@ -302,19 +302,29 @@ def export_data(data, out, fmt, config, model, on_bad_sample, force):
     click.echo(f"{report.summary()}; wrote {path}/train.parquet and {path}/run_vision_opd.sh")
 
 
+def _synth_default(name: str):
+    # the defaults live in SynthConfig; read lazily so `--help` does not import PIL
+    from .synth import SynthConfig
+
+    return getattr(SynthConfig(), name)
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=200, show_default=True, help="Training scenes.")
 @click.option("--n-heldout", type=int, default=None, help="Held-out scenes (default: --n).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--image-size", type=int, nargs=2, default=(320, 240), show_default=True,
-              metavar="W H")
-@click.option("--evidence-size", type=int, default=12, show_default=True,
+@click.option("--image-size", type=int, nargs=2, default=lambda: _synth_default("image_size"),
+              show_default=True, metavar="W H")
+@click.option("--evidence-size", type=int, default=lambda: _synth_default("evidence_size"),
+              show_default=True,
               help="Side of the evidence object in pixels (smaller = harder in the full view).")
-@click.option("--clutter", type=int, default=25, show_default=True, help="Grey shapes.")
-@click.option("--distractors", type=int, default=0, show_default=True,
-              help="Coloured shapes of other kinds.")
-@click.option("--options", "n_options", type=int, default=4, show_default=True)
+@click.option("--clutter", type=int, default=lambda: _synth_default("clutter"),
+              show_default=True, help="Grey shapes.")
+@click.option("--distractors", type=int, default=lambda: _synth_default("distractors"),
+              show_default=True, help="Coloured shapes of other kinds.")
+@click.option("--options", "n_options", type=int, default=lambda: _synth_default("n_options"),
+              show_default=True)
 @click.option("--fixed-options", is_flag=True, help="Same option order in every scene.")
 def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distractors, n_options,
           fixed_options):

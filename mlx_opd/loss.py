@@ -291,7 +291,14 @@ def _make_sampled_rows(spec: DivergenceSpec):
     return rows
 
 
-_ROW_FNS: dict = {}
+_ROW_FNS: dict = {}  # (estimator, spec) -> custom_function, built once per spec
+
+
+def _row_fn(estimator: str, spec: DivergenceSpec, make):
+    key = (estimator, spec)
+    if key not in _ROW_FNS:
+        _ROW_FNS[key] = make(spec)
+    return _ROW_FNS[key]
 
 
 def row_divergence(student_logits: mx.array, teacher_logits: mx.array, spec: DivergenceSpec,
@@ -301,7 +308,7 @@ def row_divergence(student_logits: mx.array, teacher_logits: mx.array, spec: Div
     if spec.estimator == "sampled":
         if sampled_ids is None:
             raise ValueError("estimator='sampled' needs sampled_ids (the sampled token ids)")
-        fn = _ROW_FNS.setdefault(("sampled", spec), _make_sampled_rows(spec))
+        fn = _row_fn("sampled", spec, _make_sampled_rows)
         return fn(student_logits, teacher_logits, sampled_ids.reshape(-1).astype(mx.int32))
     if spec.estimator == "topk":
         ids = topk_ids(mx.stop_gradient(student_logits), spec.k)
@@ -310,10 +317,9 @@ def row_divergence(student_logits: mx.array, teacher_logits: mx.array, spec: Div
         kernel_rows = kernels.topk_rows_for(spec, backend, student_logits.dtype)
         if kernel_rows is not None:
             return kernel_rows(student_logits, teacher_logits, ids)
-        fn = _ROW_FNS.setdefault(spec, _make_topk_rows(spec))
+        fn = _row_fn("topk", spec, _make_topk_rows)
         return fn(student_logits, teacher_logits, ids)[0]
-    key = ("full", spec)
-    fn = _ROW_FNS.setdefault(key, _make_full_rows(spec))
+    fn = _row_fn("full", spec, _make_full_rows)
     return fn(student_logits, teacher_logits)
 
 

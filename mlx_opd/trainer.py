@@ -275,8 +275,8 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     rollout_seconds = sum(r.seconds for _, _, r in rolled)
     lengths = [len(t) for _, _, r in rolled for t in r.token_ids]
     finished = sum(f for _, _, r in rolled for f in r.finished)
-    n_tokens, n_seqs, finished, len_sum = distributed.sum_floats(
-        [sum(lengths), len(lengths), finished, sum(lengths)], dist)
+    n_tokens, n_seqs, finished = distributed.sum_floats(
+        [sum(lengths), len(lengths), finished], dist)
     normaliser = n_tokens if cfg.loss.reduction == "token_mean" else n_seqs
     grads, loss, agree = None, 0.0, 0
     for sample, enc, r in rolled:
@@ -312,7 +312,7 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
         "step": state.step,
         "loss/objective": loss,
         f"loss/{cfg.loss.kind}": loss,
-        "rollout/mean_response_len": len_sum / max(n_seqs, 1),
+        "rollout/mean_response_len": n_tokens / max(n_seqs, 1),
         "rollout/finished_frac": finished / max(n_seqs, 1),
         "rollout/tokens_per_s": n_tokens / max(max(per_rank), 1e-9),
         "rollout/seconds": max(per_rank),
