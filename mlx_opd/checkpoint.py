@@ -20,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .lora import write_dir_atomically
+from .files import write_dir_atomically
 
 _NAME = re.compile(r"^step_(\d{6,})$")
 
@@ -47,7 +47,7 @@ def save(run_dir: Path, step: int, adapters: dict, adapter_config: dict, teacher
             time.sleep(pause)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last
 
-    write_dir_atomically(dest, write)
+    write_dir_atomically(dest, write, kind="checkpoint")
     for old in complete(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return dest

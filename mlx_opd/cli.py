@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .config import SynthConfig  # defaults for `synth --help` (config.py imports nothing heavy)
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 
@@ -19,6 +21,16 @@ def _offline_if_local(model: str) -> None:
     # mlx-vlm probes the hub for optional processor files; a local folder needs no network.
     if Path(model).expanduser().exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def eta_progress(what: str):
+    """progress(done, total, seconds) -> `eval 3/16 | 1.2 s/sample | ETA 0:00:16` on stderr."""
+    def show(done: int, total: int, seconds: float) -> None:
+        per = seconds / max(done, 1)
+        eta = int(per * (total - done))
+        click.echo(f"{what} {done}/{total} | {per:.1f} s/sample | ETA {eta // 3600}:"
+                   f"{eta // 60 % 60:02d}:{eta % 60:02d}", err=True)
+    return show
 
 
 def _fail(e: Exception) -> None:
@@ -194,9 +206,13 @@ def _parse_set(values) -> dict:
               help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any other config field, e.g. --set optim.lr=2e-5 (repeatable).")
+@click.option("--force", is_flag=True,
+              help="Start anew in an --out that holds a run: the old run is moved aside "
+                   "(renamed RUN_DIR.old-TIME), never deleted.")
 @click.option("--distributed", is_flag=True,
               help="Require an mlx.launch group (data-parallel over several processes/Macs).")
-def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, distributed):
+def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, force,
+          distributed):
     """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
     checkpoints/, adapters/ and config.yaml."""
     from .config import ConfigError, load_train_config
@@ -220,7 +236,9 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
         if not cfg.model.path or not cfg.data.path:
             raise ConfigError("model.path and data.path are required (--model/--data or YAML)")
         _offline_if_local(cfg.model.path)
-        run_train(cfg, resume=bool(resume_dir))
+        if resume_dir and force:
+            raise ConfigError("--resume continues a run and --force starts a new one: pass one")
+        run_train(cfg, resume=bool(resume_dir), force=force)
     except (ConfigError, DataError, DistributedError, FileNotFoundError, TrainingStopped,
             ValueError) as e:
         _fail(e)
@@ -302,39 +320,34 @@ def export_data(data, out, fmt, config, model, on_bad_sample, force):
     click.echo(f"{report.summary()}; wrote {path}/train.parquet and {path}/run_vision_opd.sh")
 
 
-def _synth_default(name: str):
-    # the defaults live in SynthConfig; read lazily so `--help` does not import PIL
-    from .synth import SynthConfig
-
-    return getattr(SynthConfig(), name)
-
-
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--n", type=int, default=200, show_default=True, help="Training scenes.")
 @click.option("--n-heldout", type=int, default=None, help="Held-out scenes (default: --n).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--image-size", type=int, nargs=2, default=lambda: _synth_default("image_size"),
-              show_default=True, metavar="W H")
-@click.option("--evidence-size", type=int, default=lambda: _synth_default("evidence_size"),
-              show_default=True,
+@click.option("--image-size", type=int, nargs=2, default=SynthConfig.image_size,
+              show_default=True, metavar="W H", help="Scene size in pixels.")
+@click.option("--evidence-size", type=int, default=SynthConfig.evidence_size, show_default=True,
               help="Side of the evidence object in pixels (smaller = harder in the full view).")
-@click.option("--clutter", type=int, default=lambda: _synth_default("clutter"),
-              show_default=True, help="Grey shapes.")
-@click.option("--distractors", type=int, default=lambda: _synth_default("distractors"),
-              show_default=True, help="Coloured shapes of other kinds.")
-@click.option("--options", "n_options", type=int, default=lambda: _synth_default("n_options"),
-              show_default=True)
+@click.option("--clutter", type=int, default=SynthConfig.clutter, show_default=True,
+              help="Grey shapes.")
+@click.option("--distractors", type=int, default=SynthConfig.distractors, show_default=True,
+              help="Coloured shapes of other kinds.")
+@click.option("--options", "n_options", type=int, default=SynthConfig.n_options,
+              show_default=True, help="Options per question.")
 @click.option("--fixed-options", is_flag=True, help="Same option order in every scene.")
+@click.option("--force", is_flag=True, help="Replace an --out that an earlier synth wrote.")
 def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distractors, n_options,
-          fixed_options):
+          fixed_options, force):
     """Synthetic fine-detail VQA: DIR/train.jsonl and DIR/heldout.jsonl with PNGs."""
-    from .synth import SynthConfig, write_dataset
+    from .files import OutputExistsError, check_replaceable
+    from .synth import write_dataset
 
     try:
         cfg = SynthConfig(tuple(image_size), evidence_size, clutter, distractors, n_options,
                           fixed_options)
-    except ValueError as e:
+        check_replaceable(Path(out), force)
+    except (ValueError, OutputExistsError) as e:
         _fail(e)
     paths = write_dataset(out, n, seed, cfg, n_heldout)
     click.echo(f"wrote {paths['train']} and {paths['heldout']}")
@@ -375,11 +388,14 @@ def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on
         samples, report = read_samples(DataConfig(path=data, box_format=box_format,
                                                   on_bad_sample=on_bad_sample, limit=limit))
         loaded = models.load(model, adapter)
+        for msg in report.skipped[:20]:
+            click.echo(f"  skipped: {msg}", err=True)
         summary, rows = evaluate(loaded, samples, tuple(v.strip() for v in views.split(",")),
-                                 view_cfg, pixels, max_tokens,
-                                 progress=lambda i, n: click.echo(f"\r{i}/{n}", nl=False, err=True))
+                                 view_cfg, pixels, max_tokens, progress=eta_progress("eval"))
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
+    summary = {"model": model, "adapter": adapter, "data": data,
+               "skipped_bad_samples": len(report.skipped), **summary}
     write(summary, rows, Path(out))
     click.echo("\n" + json.dumps(summary, indent=2))
     click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}")
@@ -412,10 +428,13 @@ def demo(out, quick, cache, compare_teachers):
     from .demo import run_demo
 
     log = lambda m: print(m, flush=True)  # noqa: E731
-    if compare_teachers:
-        run_compare(out, quick=quick, cache=cache, log=log)
-    else:
-        run_demo(out, quick=quick, cache=cache, log=log)
+    try:
+        if compare_teachers:
+            run_compare(out, quick=quick, cache=cache, log=log)
+        else:
+            run_demo(out, quick=quick, cache=cache, log=log)
+    except (FileExistsError, RuntimeError) as e:
+        _fail(e)
 
 
 if __name__ == "__main__":

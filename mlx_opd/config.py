@@ -7,12 +7,24 @@ options and (later) YAML keys map 1:1 to these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 # The hint the authors append to the student's question (method.md, "Views").
 AUTHORS_HINT = ("Only focus on the objects inside the red bounding box in the image to "
                 "answer this question.")
 # The benchmark-style answer instruction (method.md, "Evaluation protocol").
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def choose(key: str, value, valid: tuple) -> None:
+    """Raise a ValueError naming the valid values (nearest first) unless value is one."""
+    if value in valid:
+        return
+    import difflib
+
+    near = difflib.get_close_matches(str(value).replace("-", "_"), valid, n=1, cutoff=0.0)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise ValueError(f"{key} must be one of {', '.join(valid)}, got {value!r}{hint}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,30 @@ class DataConfig:
             raise ValueError(f"format must be auto, jsonl, vision_opd or parquet, got {self.format!r}")
 
 
+# --- synthetic data (`mlx-opd synth`, the demo) ---------------------------------------
+
+COLOURS = {"green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+           "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 200, 210)}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    image_size: tuple[int, int] = (320, 240)
+    evidence_size: int = 12        # side of the evidence shape, pixels
+    clutter: int = 25              # grey shapes
+    distractors: int = 0           # coloured shapes of OTHER shapes than the evidence's
+    n_options: int = 4
+    fixed_options: bool = False    # options always in the same order (easier for tiny models)
+
+    def __post_init__(self):
+        w, h = self.image_size
+        if self.evidence_size < 2 or self.evidence_size > min(w, h) // 2:
+            raise ValueError(f"evidence_size must be in [2, {min(w, h) // 2}], got {self.evidence_size}")
+        if not 2 <= self.n_options <= len(COLOURS):
+            raise ValueError(f"n_options must be in [2, {len(COLOURS)}]")
+
+
+
 # --- training -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -111,6 +147,16 @@ class LossConfig:
     reduction: str = "token_mean"  # token_mean (recipe) | sequence_mean (paper's Algorithm 1)
     backend: str = "auto"         # auto | metal | cuda | mlx
     chunk_size: int = 128         # rows of [chunk, vocab] logits alive at once
+
+    def __post_init__(self):
+        choose("loss.kind", self.kind, ("forward_kl", "reverse_kl", "jsd"))
+        choose("loss.estimator", self.estimator, ("full", "topk", "sampled"))
+        choose("loss.reduction", self.reduction, ("token_mean", "sequence_mean"))
+        choose("loss.backend", self.backend, ("auto", "metal", "cuda", "mlx"))
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"loss.beta must be in [0, 1], got {self.beta}")
+        if self.k < 1 or self.chunk_size < 1:
+            raise ValueError("loss.k and loss.chunk_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -160,6 +206,12 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0 or self.prompts_per_step < 1 or self.epochs <= 0:
             raise ValueError("optim.lr, optim.prompts_per_step and optim.epochs must be positive")
+        if self.grad_clip <= 0:
+            raise ValueError(f"optim.grad_clip must be > 0, got {self.grad_clip}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"optim.max_steps must be >= 1 (or null), got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +223,13 @@ class RunConfig:
     max_nonfinite: int = 5        # consecutive non-finite steps before the run stops
     distributed: bool = False     # require an mlx.launch group (else: used when launched)
     step_timeout_s: float = 1800.0  # distributed: a rank with no progress this long stops
+
+    def __post_init__(self):
+        if self.save_every < 1 or self.keep_last < 1 or self.max_nonfinite < 0:
+            raise ValueError("run.save_every and run.keep_last must be >= 1, "
+                             "run.max_nonfinite >= 0")
+        if self.step_timeout_s <= 0:
+            raise ValueError(f"run.step_timeout_s must be > 0, got {self.step_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -219,30 +278,77 @@ def _nearest(name: str, valid) -> str:
     return f"; did you mean {best!r}? (valid keys: {', '.join(valid)})"
 
 
-def build(cls, values: dict, where: str):
+_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false",
+               "str": "a string", "dict": "a mapping", "None": "null"}
+
+
+def _check_type(value, annotation: str, key: str, where: str):
+    """`value` converted to the field's annotated type, or a ConfigError that names the
+    key, the value and the expected type. Numbers given as strings ("1e-5": YAML reads
+    that as a string) are accepted for number fields."""
+    allowed = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        if "None" in allowed:
+            return None
+    for a in allowed:
+        if a == "float" and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif a == "int" and not isinstance(value, bool):
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+        elif a == "bool" and isinstance(value, bool):
+            return value
+        elif a == "str" and isinstance(value, str):
+            return value
+        elif a == "dict" and isinstance(value, dict):
+            return value
+        elif a.startswith("tuple") and isinstance(value, (list, tuple)):
+            return tuple(value)
+    want = " or ".join(_TYPE_WORDS.get(a, "a list" if a.startswith("tuple") else a)
+                       for a in allowed)
+    raise ConfigError(f"{where}: {key} = {value!r} ({type(value).__name__}); expected {want}")
+
+
+def build(cls, values: dict, where: str, prefix: str = "", overridden=frozenset()):
     """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys
-    are errors that name the nearest valid key."""
+    are errors that name the nearest valid key; every value is type-checked against its
+    field. `overridden` holds the dotted keys that came from --set (named as such)."""
     import dataclasses
 
+    def loc(dotted: str) -> str:
+        return f"--set {dotted}" if dotted in overridden else where
+
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
+        raise ConfigError(f"{where}: {prefix or 'config'}: expected a mapping of keys, got "
+                          f"{type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, known)}")
+            raise ConfigError(f"{loc(dotted)}: unknown key {dotted!r}{_nearest(key, known)}")
         default = known[key].default_factory() if known[key].default_factory is not \
             dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
-            kwargs[key] = build(type(default), value or {}, f"{where}.{key}")
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value) if key == "box_color" else value
+            kwargs[key] = build(type(default), value or {}, where, dotted, overridden)
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_type(value, str(known[key].type), dotted, loc(dotted))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        here = [d for d in overridden if d.startswith(prefix + ".")] if prefix else []
+        src = f"--set {', '.join(sorted(here))}" if here else where
+        raise ConfigError(f"{src}: {prefix or 'config'}: {e}") from None
 
 
 def to_dict(cfg) -> dict:
@@ -275,8 +381,43 @@ def apply_overrides(values: dict, overrides: dict) -> dict:
     return out
 
 
+# Path fields: relative values resolve against the YAML file's folder (values from the
+# YAML) or the working directory (overrides), so a config works from any directory and
+# RUN_DIR/config.yaml records absolute paths. model.path may be a hub id: it is resolved
+# only when it names an existing local path or starts with ./ or ../.
+PATH_KEYS = ("data.path", "run.out", "model.adapter")
+MODEL_KEYS = ("model.path",)
+
+
+def _get(values: dict, dotted: str):
+    node = values
+    for p in dotted.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def resolve_path_value(dotted: str, value, base: Path):
+    """`value` of path field `dotted`, made absolute against `base` when relative."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    candidate = (base / Path(value).expanduser()).resolve()
+    if dotted in MODEL_KEYS and not (candidate.exists() or value.startswith(("./", "../"))):
+        return value  # a hub id such as mlx-community/Qwen2.5-VL-3B-Instruct-4bit
+    return str(candidate)
+
+
+def resolve_paths(values: dict, base: Path) -> dict:
+    """A copy of nested `values` with relative path fields made absolute against `base`."""
+    found = {d: _get(values, d) for d in PATH_KEYS + MODEL_KEYS if _get(values, d) is not None}
+    return apply_overrides(values, {d: resolve_path_value(d, v, base) for d, v in found.items()})
+
+
 def load_train_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
-    """TrainConfig from a YAML file (keys 1:1 with the dataclass fields) plus overrides."""
+    """TrainConfig from a YAML file (keys 1:1 with the dataclass fields) plus overrides.
+    Relative paths in the YAML resolve against its folder, those in overrides against the
+    working directory (see PATH_KEYS)."""
     import yaml
 
     values = {}
@@ -292,5 +433,9 @@ def load_train_config(path: str | None, overrides: dict | None = None) -> TrainC
             mark = getattr(e, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    values = apply_overrides(values, overrides or {})
-    return build(TrainConfig, values, where)
+        if isinstance(values, dict):
+            values = resolve_paths(values, Path(path).resolve().parent)
+    overrides = {d: resolve_path_value(d, v, Path.cwd()) if d in PATH_KEYS + MODEL_KEYS else v
+                 for d, v in (overrides or {}).items()}
+    values = apply_overrides(values, overrides)
+    return build(TrainConfig, values, where, overridden=frozenset(overrides or {}))

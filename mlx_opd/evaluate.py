@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
 from pathlib import Path
 
 from . import models
@@ -19,8 +21,11 @@ from .config import PixelConfig, ViewConfig
 from .data import Sample
 from .views import LETTERS, plain_view, student_view, teacher_view
 
+# One name per view everywhere (flags, JSON, JSONL, charts): plain, student, teacher
+# (the teacher's view is the crop).
 VIEWS = {"plain": plain_view, "student": student_view, "teacher": teacher_view}
-SUMMARY_KEY = {"plain": "plain_acc", "student": "student_acc", "teacher": "crop_acc"}
+SUMMARY_KEY = {v: f"{v}_acc" for v in VIEWS}
+VIEW_COLOURS = {"plain": "#888888", "student": "#d9534f", "teacher": "#428bca"}
 
 
 def parse_answer(text: str, options) -> str | None:
@@ -51,7 +56,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
     if unknown:
         raise ValueError(f"unknown view(s) {unknown}; choose from {list(VIEWS)}")
     rows, correct, unparsed, counted = [], {v: 0 for v in views}, {v: 0 for v in views}, 0
-    no_answer = 0
+    no_answer, t0 = 0, time.perf_counter()
     for i, s in enumerate(samples):
         if not s.answer:
             no_answer += 1
@@ -69,34 +74,44 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
             rows.append({"id": s.id, "view": v, "answer": text, "parsed": pred,
                          "expected": s.answer, "correct": ok})
         if progress:
-            progress(i + 1, len(samples))
+            progress(i + 1, len(samples), time.perf_counter() - t0)
     if not counted:
         raise ValueError("no sample has an answer: evaluation needs the `answer` field")
+    if no_answer:
+        print(f"eval: {no_answer} sample(s) without an answer were skipped", file=sys.stderr)
     summary = {"n": counted, "skipped_no_answer": no_answer,
                "unparsed": sum(unparsed.values()), "unparsed_by_view": unparsed}
     for v in views:
         summary[SUMMARY_KEY[v]] = correct[v] / counted
     if "plain" in views and "teacher" in views:
-        summary["gap"] = summary["crop_acc"] - summary["plain_acc"]
+        summary["gap"] = summary["teacher_acc"] - summary["plain_acc"]
     return summary, rows
 
 
 def bar_chart(summary: dict, path: Path, title: str = "") -> Path:
+    """Accuracy per view; each bar says how many answers could not be parsed, and the
+    title names the model, the data and n (a chart of zeros must say why)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [(k, v) for k, v in (("plain", "plain_acc"), ("student", "student_acc"),
-                                  ("crop", "crop_acc")) if v in summary]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    bars = ax.bar([n for n, _ in names], [summary[k] for _, k in names],
-                  color=["#888888", "#d9534f", "#428bca"][: len(names)])
-    for b, (_, k) in zip(bars, names):
-        ax.text(b.get_x() + b.get_width() / 2, summary[k] + 0.01, f"{summary[k]:.2f}", ha="center")
-    ax.set_ylim(0, 1.05)
+    names = [v for v in VIEWS if SUMMARY_KEY[v] in summary]
+    unparsed = summary.get("unparsed_by_view", {})
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    bars = ax.bar(names, [summary[SUMMARY_KEY[v]] for v in names],
+                  color=[VIEW_COLOURS[v] for v in names])
+    for b, v in zip(bars, names):
+        acc = summary[SUMMARY_KEY[v]]
+        ax.text(b.get_x() + b.get_width() / 2, acc + 0.01,
+                f"{acc:.2f}\n{unparsed.get(v, 0)}/{summary['n']} unparsed", ha="center",
+                fontsize=8)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("accuracy")
-    ax.set_title(title or (f"gap (crop - plain) = {summary['gap']:+.2f}" if "gap" in summary else ""))
+    gap = f"gap (teacher - plain) = {summary['gap']:+.2f}" if "gap" in summary else ""
+    model = Path(str(summary.get("model", ""))).name + (" + adapter" if summary.get("adapter") else "")
+    data = Path(str(summary.get("data", ""))).name
+    ax.set_title(title or f"{model} on {data}, n={summary['n']}\n{gap}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -29,8 +29,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from . import models
+from .files import OutputExistsError, check_replaceable, write_dir_atomically
 from .hf_layout import hf_name, to_hf_weights
-from .lora import write_dir_atomically
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json",
@@ -146,11 +146,12 @@ def _copy_files(src: Path, dst: Path, names) -> list[str]:
 
 
 def _hf_source(base: Path, hf_source: str | None) -> Path:
-    src = Path(hf_source).expanduser() if hf_source else base
-    if hf_source and not src.exists():
-        from huggingface_hub import snapshot_download
-
-        src = Path(snapshot_download(hf_source, allow_patterns=list(TOKENIZER_FILES + PROCESSOR_FILES)))
+    src = base
+    if hf_source:
+        try:
+            src = models.resolve_path(hf_source, list(TOKENIZER_FILES + PROCESSOR_FILES), need="")
+        except models.ModelNotFoundError as e:
+            raise ExportError(f"--hf-source: {e}") from None
     if not (src / "tokenizer_config.json").exists() and not (src / "tokenizer.json").exists():
         raise ExportError(f"{src}: no tokenizer files; pass --hf-source with the original "
                           "Hugging Face model (folder or hub id) the base was converted from")
@@ -158,8 +159,10 @@ def _hf_source(base: Path, hf_source: str | None) -> Path:
 
 
 def _check_out(out: Path, force: bool, need_bytes: int) -> None:
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} exists and is not empty; pass --force to replace it")
+    try:
+        check_replaceable(out, force)
+    except OutputExistsError as e:
+        raise ExportError(str(e)) from None
     parent = out.parent if out.parent.exists() else Path(".")
     free = shutil.disk_usage(parent).free
     if need_bytes * 1.05 > free:
@@ -207,7 +210,7 @@ def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf1
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         _copy_files(src, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
 
-    return write_dir_atomically(out, write)
+    return write_dir_atomically(out, write, kind="export-hf")
 
 
 def export_peft(base: str, adapter: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -253,7 +256,7 @@ def export_peft(base: str, adapter: str | Path, out: str | Path, force: bool = F
                             metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
 
-    return write_dir_atomically(out, write)
+    return write_dir_atomically(out, write, kind="export-peft")
 
 
 def export_mlx(base: str, adapter: str | Path, out: str | Path, force: bool = False,
@@ -279,4 +282,4 @@ def export_mlx(base: str, adapter: str | Path, out: str | Path, force: bool = Fa
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         _copy_files(base_path, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
 
-    return write_dir_atomically(out, write)
+    return write_dir_atomically(out, write, kind="export-mlx")

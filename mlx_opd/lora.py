@@ -11,9 +11,6 @@ adapter_path=DIR)` and `mlx-opd compare --adapter DIR` load them as they are.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,6 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .config import LoraConfig
+from .files import write_dir_atomically
 
 
 def target_names(model: nn.Module, train_vision: bool) -> list[str]:
@@ -64,30 +62,9 @@ def saved_weights(model: nn.Module, adapter_config: dict) -> dict[str, mx.array]
     return trainable(model)
 
 
-def write_dir_atomically(dest: Path, write) -> Path:
-    """Call write(tmp_dir), then rename tmp_dir to dest (replacing it): a reader sees the
-    old folder or the complete new one, never a half-written one."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        write(tmp)
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
 def save_adapter(dest: Path, weights: dict[str, mx.array], adapter_config: dict) -> Path:
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "adapters.safetensors"), weights)
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
 
-    return write_dir_atomically(dest, write)
+    return write_dir_atomically(dest, write, kind="adapter")

@@ -22,6 +22,8 @@ Quirks handled here (see shared/design/mlx-notes.md):
 from __future__ import annotations
 
 import json
+import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,18 +67,41 @@ class Encoded:
         return self.input_ids.shape[1]
 
 
-def resolve_path(model: str | Path) -> Path:
-    """A local folder as is; a hub id downloaded (or taken from the cache)."""
+class ModelNotFoundError(FileNotFoundError):
+    """A --model that is neither a local model folder nor a reachable hub id."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
+                 need: str = "config.json") -> Path:
+    """A local folder as is; a hub id (ORG/NAME) from the local cache or downloaded
+    (`allow_patterns`: only those files). Errors name the model and say how to fix it,
+    whatever the hub client raised."""
     p = Path(model).expanduser()
     if p.exists():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"{p}: no config.json; point --model at a Hugging Face "
-                                    "model folder or a hub id such as "
-                                    "mlx-community/Qwen2.5-VL-3B-Instruct-4bit")
+        if need and not (p / need).exists():
+            raise ModelNotFoundError(f"{p}: no config.json; point --model at a Hugging Face "
+                                     "model folder or a hub id such as "
+                                     "mlx-community/Qwen2.5-VL-3B-Instruct-4bit")
         return p
+    text = str(model)
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{text}: no such local folder (and not a hub id of the form "
+                                 "ORG/NAME); check the path")
     from mlx_vlm.utils import get_model_path
 
-    return Path(get_model_path(str(model)))
+    try:
+        return Path(get_model_path(text, allow_patterns=allow_patterns))
+    except Exception as e:  # the hub client raises many types; all mean "not here"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a "
+               "download" if offline else "the hub could not provide it")
+        raise ModelNotFoundError(
+            f"model {text!r}: {why} ({type(e).__name__}). Fix: download it once with network "
+            f"(`huggingface-cli download {text}`{', or set HF_HUB_OFFLINE=0' if offline else ''}"
+            "), check the id's spelling, or pass a local model folder") from None
 
 
 def load(model: str | Path, adapter_path: str | Path | None = None) -> Loaded:

@@ -10,7 +10,8 @@ PANELS = [("loss/objective", "loss"), ("teacher/argmax_agreement", "teacher/stud
           ("rollout/mean_response_len", "mean response length (tokens)"),
           ("rollout/tokens_per_s", "rollout tokens/s"), ("optim/grad_norm", "grad norm"),
           ("optim/lr", "learning rate"), ("time/step_seconds", "seconds per step"),
-          ("memory/peak_bytes", "peak memory (bytes)")]
+          ("memory/peak_bytes", "peak memory (GB)")]
+SCALE = {"memory/peak_bytes": 1e-9}  # shown in GB, not raw bytes
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -33,15 +34,16 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     panels = [(k, t) for k, t in PANELS if any(k in r for r in rows)]
     fig, axes = plt.subplots((len(panels) + 1) // 2, 2, figsize=(11, 2.6 * ((len(panels) + 1) // 2)))
     written = []
+    from matplotlib.ticker import MaxNLocator
+
     for ax, (key, title) in zip(axes.flat, panels):
-        ys = [r.get(key, float("nan")) for r in rows]
-        ax.plot(steps, ys, marker="o" if len(steps) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
+        ys = [r.get(key, float("nan")) * SCALE.get(key, 1.0) for r in rows]
         f, a = plt.subplots(figsize=(5, 3.2))
-        a.plot(steps, ys, marker="o" if len(steps) < 30 else None)
-        a.set_title(title)
-        a.set_xlabel("step")
+        for axis in (ax, a):
+            axis.plot(steps, ys, marker="o" if len(steps) < 30 else None)
+            axis.set_title(title)
+            axis.set_xlabel("step")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         f.tight_layout()
         p = out_dir / (key.replace("/", "_") + ".png")
         f.savefig(p, dpi=110)

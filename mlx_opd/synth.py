@@ -20,27 +20,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
-           "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 200, 210)}
+from .config import COLOURS, SynthConfig
+
 SHAPES = ("circle", "square", "triangle")
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out scenes come from a disjoint seed stream
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    image_size: tuple[int, int] = (320, 240)
-    evidence_size: int = 12        # side of the evidence shape, pixels
-    clutter: int = 25              # grey shapes
-    distractors: int = 0           # coloured shapes of OTHER shapes than the evidence's
-    n_options: int = 4
-    fixed_options: bool = False    # options always in the same order (easier for tiny models)
-
-    def __post_init__(self):
-        w, h = self.image_size
-        if self.evidence_size < 2 or self.evidence_size > min(w, h) // 2:
-            raise ValueError(f"evidence_size must be in [2, {min(w, h) // 2}], got {self.evidence_size}")
-        if not 2 <= self.n_options <= len(COLOURS):
-            raise ValueError(f"n_options must be in [2, {len(COLOURS)}]")
 
 
 @dataclass(frozen=True)
@@ -144,11 +127,20 @@ def write_split(out_dir: Path, name: str, n: int, seed: int, cfg: SynthConfig) -
 
 def write_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig(),
                   n_heldout: int | None = None) -> dict[str, Path]:
-    """train.jsonl (seeds from `seed`) and heldout.jsonl (a disjoint seed stream)."""
+    """train.jsonl (seeds from `seed`) and heldout.jsonl (a disjoint seed stream). The
+    folder is written whole and renamed into place: no stale images from an earlier,
+    larger dataset survive. Callers check first that `out_dir` may be replaced."""
+    from .files import write_dir_atomically
+
     out_dir = Path(out_dir)
-    out = {"train": write_split(out_dir, "train", n, seed, cfg),
-           "heldout": write_split(out_dir, "heldout", n if n_heldout is None else n_heldout,
-                                  seed + HELDOUT_SEED_OFFSET, cfg)}
-    (out_dir / "synth_config.json").write_text(json.dumps(
-        {"seed": seed, "n": n, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}, indent=2))
-    return out
+    n_heldout = n if n_heldout is None else n_heldout
+
+    def write(tmp: Path):
+        write_split(tmp, "train", n, seed, cfg)
+        write_split(tmp, "heldout", n_heldout, seed + HELDOUT_SEED_OFFSET, cfg)
+        (tmp / "synth_config.json").write_text(json.dumps(
+            {"seed": seed, "n": n, "n_heldout": n_heldout,
+             **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}, indent=2))
+
+    write_dir_atomically(out_dir, write, kind="synth")
+    return {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl"}

@@ -12,9 +12,6 @@ model. Everything is deterministic for a seed.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,13 +256,12 @@ def build_tiny_model(family: str, out: str | Path, seed: int = 0,
     import mlx.core as mx
 
     check_family(family, where="--family")
+    from .files import check_replaceable, write_dir_atomically
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass force=True (--force) "
-                              "to replace it, or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    check_replaceable(out, force)
+
+    def write(tmp: Path):
         ids = build_tokenizer(tmp, family, seed, size)
         config = model_config(family, ids, size)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -276,10 +272,5 @@ def build_tiny_model(family: str, out: str | Path, seed: int = 0,
              "pad_token_id": ids["<|endoftext|>"], "do_sample": False}))
         hf = to_hf_weights(family, random_weights(config, seed))
         mx.save_safetensors(str(tmp / "model.safetensors"), hf, metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, write, kind="tiny-model")

@@ -73,6 +73,14 @@ def _schedule(cfg):
     return lambda step: cfg.lr * mx.minimum(1.0, (step + 1) / cfg.warmup_steps)
 
 
+def make_optimizer(cfg) -> optim.AdamW:
+    """The recipe's optimizer: PyTorch AdamW semantics, betas (0.9, 0.999), eps 1e-8, and
+    bias correction (MLX's AdamW defaults to none, which makes the first steps ~3x larger
+    than the configured lr)."""
+    return optim.AdamW(learning_rate=_schedule(cfg), betas=[0.9, 0.999], eps=1e-8,
+                       weight_decay=cfg.weight_decay, bias_correction=True)
+
+
 def _apply_memory_controls(cfg, model) -> None:
     gb = 1 << 30
     if cfg.memory.wired_limit_gb is not None and mx.metal.is_available():
@@ -161,7 +169,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dis
     else:  # continue training the given adapters (mlx-vlm restores them trainable)
         adapter_config = loaded.model._vlm_adapter_config
     _apply_memory_controls(cfg, loaded.model)
-    optimizer = optim.AdamW(learning_rate=_schedule(cfg.optim), weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(cfg.optim)
     optimizer.init(loaded.model.trainable_parameters())
     teacher = Teacher(loaded.model, cfg.teacher)
     state = RunState()
@@ -200,24 +208,68 @@ def total_steps(cfg: TrainConfig, n_samples: int) -> int:
     return min(steps, cfg.optim.max_steps) if cfg.optim.max_steps is not None else steps
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def steps_explained(cfg: TrainConfig, n_samples: int) -> str:
+    """Which of optim.epochs and optim.max_steps sets the number of steps, in words."""
+    o = cfg.optim
+    by_epochs = math.ceil(o.epochs * n_samples / o.prompts_per_step)
+    what = (f"{o.epochs:g} epoch(s) x {n_samples} samples / {o.prompts_per_step} prompts per "
+            f"step = {by_epochs} step(s)")
+    if o.max_steps is None:
+        return what
+    if o.max_steps < by_epochs:
+        return f"optim.max_steps={o.max_steps} wins over {what}"
+    if o.max_steps > by_epochs:
+        return (f"{what}: optim.epochs wins over optim.max_steps={o.max_steps}; raise "
+                "optim.epochs to train longer")
+    return what
+
+
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """A new run never mixes with an existing one: refuse unless --resume or --force."""
+    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not force:
+        held = [n for n in ("config.yaml", "metrics.jsonl", "checkpoints", "adapters")
+                if (run_dir / n).exists()]
+        what = f"a run ({', '.join(held)})" if held else "files"
+        raise ConfigError(
+            f"{run_dir} already holds {what}. Continue it with `mlx-opd train --resume "
+            f"{run_dir}`, move it aside with --force (it is renamed, never deleted), or "
+            "choose another --out")
+
+
+def _start_run_dir(run_dir: Path, force: bool, cfg: TrainConfig) -> None:
+    import yaml
+
+    from .files import move_aside, write_marker
+
+    if force and run_dir.exists() and any(run_dir.iterdir()):
+        print(f"--force: moved the existing {run_dir} aside to {move_aside(run_dir)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir, "run")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     """Run Vision-OPD training; returns RUN_DIR. Resumable at any checkpoint. Under
-    mlx.launch every rank runs this; only rank 0 writes (see distributed.py)."""
+    mlx.launch every rank runs this; only rank 0 writes (see distributed.py).
+
+    Nothing is written until the data are read and the model is loaded, so a failed start
+    leaves no half-made run; an existing run is never mixed into (see check_run_dir)."""
     dist = distributed.init(required=cfg.run.distributed)
     run_dir = Path(cfg.run.out)
+    check_run_dir(run_dir, resume, force)
     samples, report = read_samples(cfg.data)
     distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
-    if dist.main:
-        import yaml
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     mx.random.seed(cfg.run.seed)
     loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume, dist)
+    if dist.main and not resume:
+        _start_run_dir(run_dir, force, cfg)
     steps = total_steps(cfg, len(samples))
     log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
     progress = Progress(steps, state.step)
     watchdog = distributed.Watchdog(cfg.run.step_timeout_s, dist.rank) if dist.active else None
+    t_start, first, last, tokens = time.perf_counter(), None, None, 0.0
 
     def save():
         if dist.main:
@@ -225,14 +277,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                                    state, len(samples))
 
     if dist.main:
-        print(f"{report.summary()}; {steps} steps of {cfg.optim.prompts_per_step} prompts x "
-              f"{cfg.rollout.n} samples on {dist.size} process(es); teacher {cfg.teacher.mode}; "
-              f"run dir {run_dir}")
+        print(f"{report.summary()}; {steps} step(s) ({steps_explained(cfg, len(samples))}) of "
+              f"{cfg.optim.prompts_per_step} prompts x {cfg.rollout.n} samples on {dist.size} "
+              f"process(es); teacher {cfg.teacher.mode}; run dir {run_dir}")
+        for msg in report.skipped[:20]:
+            print(f"  skipped: {msg}")
     try:
         while state.step < steps:
             record = train_step(cfg, loaded, optimizer, teacher, samples, state, dist)
             if watchdog is not None:
                 watchdog.beat()
+            first = record if first is None else first
+            last, tokens = record, tokens + record["rollout/tokens"]
             if dist.main:
                 log.write(record)
                 progress.update(state.step, record["loss/objective"],
@@ -256,8 +312,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if dist.main:
         lora.save_adapter(run_dir / "adapters", lora.saved_weights(loaded.model, adapter_config),
                           adapter_config)
-        print(f"done: adapters in {run_dir / 'adapters'}")
+        print(summary_text(cfg, run_dir, first, last, tokens, time.perf_counter() - t_start))
     return run_dir
+
+
+def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict | None,
+                 tokens: float, seconds: float) -> str:
+    """The end-of-run summary: what happened, where it is, what to run next."""
+    from .plot import plot_run
+
+    lines = [f"done: {last['step'] if last else 'no new'} step(s) in {seconds:.0f} s"]
+    if first and last:
+        lines.append(f"  loss {first['loss/objective']:.4f} (step {first['step']}) -> "
+                     f"{last['loss/objective']:.4f} (step {last['step']}); "
+                     f"{tokens:.0f} sampled tokens ({tokens / max(seconds, 1e-9):.0f} tok/s overall)")
+    try:
+        plots = plot_run(run_dir)
+        lines.append(f"  plots: {plots[0]}")
+    except (FileNotFoundError, ValueError):
+        pass
+    lines += [f"  adapters: {run_dir / 'adapters'}",
+              "  next: measure the gap with the adapters:",
+              f"    mlx-opd eval --model {cfg.model.path} --adapter {run_dir / 'adapters'} "
+              "--data HELDOUT.jsonl --out after.json",
+              f"  or export them: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
+              "--out exports/hf --format hf"]
+    return "\n".join(lines)
 
 
 def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
@@ -312,6 +392,7 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
         "step": state.step,
         "loss/objective": loss,
         f"loss/{cfg.loss.kind}": loss,
+        "rollout/tokens": n_tokens,
         "rollout/mean_response_len": n_tokens / max(n_seqs, 1),
         "rollout/finished_frac": finished / max(n_seqs, 1),
         "rollout/tokens_per_s": n_tokens / max(max(per_rank), 1e-9),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 from .config import TrainConfig
@@ -45,7 +46,9 @@ HYPER_KEYS = {
     "actor_rollout_ref.model.lora_rank": ("LoRA rank (0 = full fine-tune)",
                                           lambda c: 0 if c.lora.finetune == "full" else c.lora.rank),
     "actor_rollout_ref.model.lora_alpha": ("LoRA alpha", lambda c: c.lora.alpha),
-    "trainer.total_epochs": ("epochs (authors: 1)", lambda c: c.optim.epochs),
+    # verl loops over range(total_epochs): a whole number (fractions round up)
+    "trainer.total_epochs": ("epochs, a whole number (authors: 1)",
+                             lambda c: max(1, math.ceil(c.optim.epochs))),
 }
 # The divergence and teacher settings have no key in upstream verl: the authors' fork
 # adds them. They are written as shell variables to hand to the fork's own options.
@@ -110,7 +113,7 @@ def export_verl(samples: list[Sample], cfg: TrainConfig, out: Path, model: str) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .lora import write_dir_atomically
+    from .files import write_dir_atomically
 
     rows = [sample_row(i, s, cfg) for i, s in enumerate(samples)]
 
@@ -121,4 +124,4 @@ def export_verl(samples: list[Sample], cfg: TrainConfig, out: Path, model: str) 
         script.chmod(0o755)
         (tmp / "columns.json").write_text(json.dumps(list(COLUMNS)))
 
-    return write_dir_atomically(out, write)
+    return write_dir_atomically(out, write, kind="export-verl")

@@ -10,7 +10,9 @@ from mlx_opd import models
 from mlx_opd.config import PixelConfig
 from mlx_opd.hf_layout import SUPPORTED_FAMILIES, UnsupportedFamilyError
 
-from .conftest import random_image
+from .conftest import FP32, random_image
+
+pytestmark = pytest.mark.numerics  # every test here compares model paths numerically
 
 
 def _biased_logprobs(lp, blocked):
@@ -111,9 +113,11 @@ def test_missing_config_says_what_to_pass(tmp_path):
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
-def test_shared_prompt_runs_vision_once_and_exactly(family, loaded, monkeypatch):
-    """n responses to one prompt: vision features computed once (where that is exact)
-    give the same log-probs as n separate prompts."""
+def test_shared_prompt_runs_vision_once_within_fp32_tolerance(family, loaded, monkeypatch):
+    """n responses to one prompt: vision features computed once (where that is exact in
+    real arithmetic) give the log-probs of n separate prompts. Batched and unbatched BLAS
+    calls round differently (OpenBLAS picks kernels by shape, CPU and thread count), so the
+    comparison is at fp32 tolerance, never bitwise."""
     L = loaded(family)
     enc = models.encode(L, random_image(8, 120, 160), "What colour?")
     copy = models.encode(L, random_image(8, 120, 160), "What colour?")
@@ -123,5 +127,5 @@ def test_shared_prompt_runs_vision_once_and_exactly(family, loaded, monkeypatch)
     monkeypatch.setattr(models, "image_features", lambda *a: calls.append(1) or real(*a))
     shared = models.response_logprobs(L.model, models.make_batch([enc] * 3, resp))
     separate = models.response_logprobs(L.model, models.make_batch([enc, copy, enc], resp))
-    np.testing.assert_array_equal(np.array(shared), np.array(separate))
+    np.testing.assert_allclose(np.array(shared), np.array(separate), **FP32)
     assert len(calls) == (1 if family in models.SHARED_FEATURE_FAMILIES else 0)
