@@ -28,8 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import PixelConfig, ViewConfig
-from .config import SynthConfig
+from .config import PixelConfig, SynthConfig, ViewConfig
 
 SFT_SEED_OFFSET = 7_000_001  # the base's own scenes: disjoint from train / held-out
 CAL_SEED_OFFSET = 8_000_009  # the base's calibration scenes: disjoint from all others
@@ -275,10 +274,9 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     from . import checkpoint, models
     from .config import DataConfig
     from .data import read_samples
+    from .files import write_marker, written_by_us
     from .synth import write_dataset
     from .trainer import train
-
-    from .files import write_marker, written_by_us
 
     t0 = time.time()
     r = QUICK if quick else DemoRecipe()
