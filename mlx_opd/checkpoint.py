@@ -67,6 +67,21 @@ def latest(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_latest(run_dir: Path, warn=None) -> tuple[Path, dict] | None:
+    """(folder, contents) of the newest checkpoint that reads back whole; a newer one
+    that does not (a disk error, a truncated file) is skipped with a warning naming it."""
+    import warnings
+
+    for path in reversed(complete(run_dir)):
+        try:
+            return path, load(path)
+        except Exception as e:  # safetensors/JSON parse errors come in many types
+            msg = (f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                   "resuming from the previous one")
+            (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+    return None
+
+
 def load(path: Path) -> dict:
     """{adapters, teacher, optimizer (nested), state} of one checkpoint folder."""
     path = Path(path)

@@ -55,24 +55,57 @@ def view_options(f):
     return f
 
 
-def _pixels(kw):
+def _pixels(kw, base=None):
+    """PixelConfig from the flags, over `base` (a run's config) when given."""
+    import dataclasses
+
     from .config import PixelConfig
 
-    return PixelConfig(kw.pop("min_pixels"), kw.pop("max_pixels"), kw.pop("resized_height"),
-                       kw.pop("resized_width"))
+    given = {k: kw.pop(k) for k in ("min_pixels", "max_pixels", "resized_height", "resized_width")}
+    if base is None:
+        return PixelConfig(**given)
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
-def _view_cfg(kw):
+def _view_cfg(kw, base=None):
+    """ViewConfig from the flags, over `base` (a run's config) when given."""
+    import dataclasses
+
     from .config import ViewConfig
 
-    changes = {"draw_box": not kw.pop("no_box")}
+    changes = {}
+    if kw.pop("no_box"):
+        changes["draw_box"] = False
     if kw.pop("no_hint"):
         changes["hint"] = None
     for key in ("box_width", "crop_margin", "zoom", "min_crop_side"):
         v = kw.pop(key)
         if v is not None:
             changes[key] = v
-    return ViewConfig(**changes)
+    return dataclasses.replace(base or ViewConfig(), **changes)
+
+
+def _run_config(path):
+    """The views and pixels of a training config (a YAML file or a RUN_DIR), so eval and
+    compare see images as the run did; None without --config."""
+    if not path:
+        return None
+    from .config import ConfigError, load_train_config
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.yaml"
+    try:
+        return load_train_config(str(p))
+    except ConfigError as e:
+        _fail(e)
+
+
+def config_option(f):
+    return click.option("--config", "run_config", type=click.Path(exists=True),
+                        help="A training config (YAML) or RUN_DIR: use its views and pixel "
+                             "settings, so evaluation sees images as training did; flags "
+                             "given here override it.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,9 +151,11 @@ def tiny_model(family, out, seed, hidden_size, layers, heads, vision_depth, forc
 @click.option("--options", multiple=True, help="A multiple-choice option; repeat per option.")
 @click.option("--max-tokens", type=int, default=32, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@config_option
 @pixel_options
 @view_options
-def compare(model, adapter, image, question, box, box_format, options, max_tokens, json_out, **kw):
+def compare(model, adapter, image, question, box, box_format, options, max_tokens, json_out,
+            run_config, **kw):
     """Greedy answers for the plain, student and teacher (crop) views, plus a gap probe."""
     _offline_if_local(model)
     from . import models
@@ -133,7 +168,9 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
         coords = [float(v) for v in box.split(",")]
     except ValueError:
         _fail(ValueError(f"--box {box!r}: expected four comma-separated numbers x1,y1,x2,y2"))
-    pixels, view_cfg = _pixels(kw), _view_cfg(kw)
+    run = _run_config(run_config)
+    pixels = _pixels(kw, run.pixels if run else None)
+    view_cfg = _view_cfg(kw, run.views if run else None)
     row = {"image": str(Path(image).resolve()), "question": question, "box": coords,
            "box_format": box_format, "options": list(options) or None}
     try:
@@ -368,10 +405,11 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
               show_default=True)
 @click.option("--instruction", default=None,
               help="Answer instruction after the options (default: the benchmark one).")
+@config_option
 @pixel_options
 @view_options
 def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on_bad_sample,
-             instruction, **kw):
+             instruction, run_config, **kw):
     """Accuracy under plain / student / teacher views and the gap (crop - plain)."""
     _offline_if_local(model)
     import dataclasses
@@ -381,7 +419,9 @@ def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on
     from .data import DataError, read_samples
     from .evaluate import evaluate, write
 
-    pixels, view_cfg = _pixels(kw), _view_cfg(kw)
+    run = _run_config(run_config)
+    pixels = _pixels(kw, run.pixels if run else None)
+    view_cfg = _view_cfg(kw, run.views if run else None)
     if instruction is not None:
         view_cfg = dataclasses.replace(view_cfg, answer_instruction=instruction)
     try:

@@ -21,9 +21,8 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
     """Answers of the three views and the gap probe, as a JSON-ready dict."""
     views = all_views(sample, view_cfg)
     encoded, out = {}, {}
-    eos = models.eos_token_ids(loaded)
     for name, view in views.items():
-        enc = models.encode(loaded, view.image, view.text, pixels)
+        enc = models.encode(loaded, view.image, view.text, pixels.for_crop() if name == "teacher" else pixels)
         s = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         encoded[name] = (enc, s)
         out[name] = {
@@ -39,7 +38,7 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
     full = "plain" if "plain" in encoded else "student"
     enc_full, s_full = encoded[full]
     # Score the full-image answer including its stop token: the decision to stop counts.
-    response = s_full.token_ids + ([eos[0]] if s_full.finish_reason == "stop" and eos else [])
+    response = s_full.ids_with_stop
     probe = {"along": full, "per_token": [], "mean": None}
     if response:
         batch = models.make_batch([encoded["teacher"][0], enc_full], [response, response])

@@ -45,6 +45,11 @@ class PixelConfig:
             if v is not None and v <= 0:
                 raise ValueError(f"{f.name} must be positive, got {v}")
 
+    def for_crop(self) -> "PixelConfig":
+        """The teacher's crop keeps its own shape: an explicit size is for full images
+        (it would squeeze every crop to the full image's size); pixel bounds still apply."""
+        return PixelConfig(self.min_pixels, self.max_pixels)
+
     def processor_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if getattr(self, f.name) is not None}
@@ -131,10 +136,14 @@ class RolloutConfig:
     temperature: float = 1.0      # authors: 1.0 for rollouts, and the same T in the loss
     max_tokens: int = 256         # authors: 1024 (512 scored lower); 256 keeps a Mac step short
     block_pad_tokens: bool = True  # image/video pad ids can never be sampled
+    max_prompt_tokens: int = 8192  # authors: 8192; a longer prompt stops with advice (a
+                                   # 16k-token photo x n rows would exhaust memory)
 
     def __post_init__(self):
         if self.n < 1 or self.max_tokens < 1 or self.temperature <= 0:
             raise ValueError("rollout.n and rollout.max_tokens must be >= 1, temperature > 0")
+        if self.max_prompt_tokens < 1:
+            raise ValueError("rollout.max_prompt_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,8 @@ class LossConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     mode: str = "ema"             # ema (authors) | frozen | live (collapses, per the authors)
-    ema_rate: float = 0.05        # teacher <- (1 - rate) teacher + rate student, per step
+    ema_rate: float = 0.05        # teacher <- (1 - r) teacher + r student; the recipe's rate,
+                                  # per optim.reference_prompts_per_step prompts (teacher.py)
 
     def __post_init__(self):
         if self.mode not in ("ema", "frozen", "live"):
@@ -195,12 +205,16 @@ class OptimConfig:
     # The authors' full fine-tune used AdamW lr 2e-6; LoRA updates a low-rank delta from
     # zero and needs a larger step: 1e-5 with 10 warm-up steps, then constant (as the recipe).
     lr: float = 1e-5
-    warmup_steps: int = 10
+    warmup_steps: float = 10      # linear warm-up, in steps of reference_prompts_per_step
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     prompts_per_step: int = 4     # authors: 96 prompts x 8 samples; raise it (gradients are
                                   # accumulated prompt by prompt) to reach their batch
     epochs: float = 1.0           # authors: 1 epoch (longer drifted off the answer format)
+    # The recipe's step is 96 prompts: warmup_steps and teacher.ema_rate count steps of this
+    # many prompts, so any prompts_per_step follows the recipe per prompt seen (10 warm-up
+    # steps = 960 prompts = 240 steps of 4). Set it to prompts_per_step for per-step units.
+    reference_prompts_per_step: int = 96
     max_steps: int | None = None  # stop earlier than the epochs say
 
     def __post_init__(self):
@@ -208,6 +222,8 @@ class OptimConfig:
             raise ValueError("optim.lr, optim.prompts_per_step and optim.epochs must be positive")
         if self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip must be > 0, got {self.grad_clip}")
+        if self.reference_prompts_per_step < 1:
+            raise ValueError("optim.reference_prompts_per_step must be >= 1")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:

@@ -388,7 +388,7 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
                            tail: bool = True, temperature: float = 1.0,
                            reduction: str = "token_mean", sampled_ids: mx.array | None = None,
                            backend: str = "auto", chunk_size: int = FUSED_CHUNK,
-                           head_weight_trainable: bool = False) -> mx.array:
+                           head_weight_trainable: bool = False, teacher_head=None) -> mx.array:
     """`token_divergence` of head(student_hidden) and head(teacher_hidden) without ever
     holding [rows, V] logits for all rows: rows go through the head and the divergence
     `chunk_size` at a time, forward and backward (the backward recomputes each chunk's
@@ -396,8 +396,10 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
 
     student_hidden, teacher_hidden: [B, T, H] final hidden states at the response
     positions; head: see `head_function`. Gradients reach `student_hidden` and, with
-    `head_weight_trainable` (head an nn.Linear without bias or a weight array), the head
-    weight. Quantized or tied heads are treated as frozen.
+    `head_weight_trainable` (head an nn.Linear without bias, a tied nn.Embedding, or a
+    weight array), the head weight. Quantized heads are frozen. `teacher_head` (same
+    forms; default: `head`) is the teacher's own head, e.g. in a full fine-tune where the
+    teacher's weights differ from the student's; it never receives a gradient.
     """
     spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
     if student_hidden.shape != teacher_hidden.shape or student_hidden.ndim != 3:
@@ -413,10 +415,12 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
         weight = head if isinstance(head, mx.array) else head.weight
         if not isinstance(head, mx.array) and "bias" in head:
             raise ValueError("head_weight_trainable supports heads without bias")
+    apply_teacher = None if teacher_head is None else head_function(teacher_head)
 
     def chunk_rows(hs, ht, yc, w):
         apply = head_function(head) if w is None else (lambda h: h @ w.T)
-        return row_divergence(apply(hs), mx.stop_gradient(apply(ht)), spec, yc, backend)
+        t_logits = (apply_teacher or apply)(ht)
+        return row_divergence(apply(hs), mx.stop_gradient(t_logits), spec, yc, backend)
 
     @mx.custom_function
     def rows(hs, ht, w):

@@ -16,7 +16,7 @@ class MetricsLog:
         self.path = Path(path)
         if resume_step and self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                    if (row := _parse(ln)) is not None and row.get("step", 0) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif not resume_step:
             self.path.write_text("")
@@ -26,8 +26,18 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def _parse(line: str) -> dict | None:
+    """One metrics line, or None for a blank or half-written one (a kill mid-write)."""
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def read(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return [row for ln in Path(path).read_text().splitlines() if (row := _parse(ln)) is not None]
 
 
 class Progress:

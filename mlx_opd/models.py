@@ -224,6 +224,7 @@ def _head_as_identity(model: nn.Module):
     head = lm.get("lm_head")  # nn.Module is a dict of its children
     lm.args.tie_word_embeddings = False
     lm.lm_head = _Identity()
+    lm.lm_head.train(lm.training)  # the stand-in shares the model's mode
     try:
         yield
     finally:
@@ -246,6 +247,13 @@ def lm_head(model: nn.Module) -> nn.Module:
     """The LM head module: lm_head, or the input embedding when the weights are tied."""
     lm = model.language_model
     return lm.model.embed_tokens if lm.args.tie_word_embeddings else lm.lm_head
+
+
+def lm_head_key(model: nn.Module) -> str:
+    """The flattened parameter name of the LM head's weight (tied: the input embedding)."""
+    lm = model.language_model
+    return ("language_model.model.embed_tokens.weight" if lm.args.tie_word_embeddings
+            else "language_model.lm_head.weight")
 
 
 def argmax_agreement(model: nn.Module, student_hidden: mx.array, teacher_hidden: mx.array,
@@ -321,6 +329,13 @@ class Sampled:
     logprobs: list[float]          # log-prob of each chosen token under the sampler
     full_logprobs: list[mx.array]  # [V] per step (only when keep_full=True)
     finish_reason: str             # "stop" (EOS) or "length"
+    stop_token: int | None = None  # the EOS id the model actually emitted (finish "stop")
+
+    @property
+    def ids_with_stop(self) -> list[int]:
+        """The response as the model produced it, stop token included: what to score or
+        to use as a label (never some other EOS id the model did not emit)."""
+        return self.token_ids + ([self.stop_token] if self.stop_token is not None else [])
 
 
 def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: float = 0.0,
@@ -336,7 +351,8 @@ def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: floa
         mx.random.seed(seed)
     reset_rope_state(loaded.model)
     ids, lps, full = [], [], []
-    finish = "length"
+    finish, stop = "length", None
+    loaded.model.eval()  # inference on every module (no LoRA dropout)
     for token, logprobs in generate_step(
         enc.input_ids, loaded.model, enc.pixel_values, None, max_tokens=max_tokens,
         temperature=temperature, top_p=1.0, top_k=0, logit_bias=bias,
@@ -344,7 +360,7 @@ def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: floa
     ):
         token = int(token)
         if token in eos:
-            finish = "stop"
+            finish, stop = "stop", token
             break
         ids.append(token)
         lps.append(float(logprobs[token].item()))
@@ -353,7 +369,7 @@ def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: floa
         if len(ids) >= max_tokens:
             break
     reset_rope_state(loaded.model)
-    return Sampled(ids, lps, full, finish)
+    return Sampled(ids, lps, full, finish, stop)
 
 
 def decode(loaded: Loaded, ids: Sequence[int]) -> str:

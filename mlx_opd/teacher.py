@@ -2,8 +2,11 @@
 
 The base weights are shared; only the trainable parameters (the LoRA factors, or every
 weight in a full fine-tune) have a teacher copy. Modes:
-    ema     teacher <- (1 - rate) * teacher + rate * student after every optimizer step,
-            starting from the initial model. With LoRA this averages the FACTORS A and B
+    ema     teacher <- (1 - r) * teacher + r * student after every optimizer step,
+            starting from the initial model. The recipe's rate (0.05) is per step of 96
+            prompts; with p prompts per step, r = 1 - (1 - rate) ** (p / 96)
+            (`rate_per_step`), so the teacher trails the student by the same amount of
+            data whatever the batch (optim.reference_prompts_per_step sets the 96). With LoRA this averages the FACTORS A and B
             separately, which is not the EMA of the product B @ A (the authors' EMA is over
             full weights); it is cheap, exact for a full fine-tune, and it starts from the
             base model because B starts at zero.
@@ -24,9 +27,20 @@ from .config import TeacherConfig
 from .lora import trainable
 
 
+def rate_per_step(rate: float, prompts_per_step: int, reference_prompts: int) -> float:
+    """The EMA rate per optimizer step of `prompts_per_step` prompts that decays the
+    teacher as much per prompt seen as `rate` per step of `reference_prompts` prompts."""
+    return 1.0 - (1.0 - rate) ** (prompts_per_step / reference_prompts)
+
+
 class Teacher:
-    def __init__(self, model: nn.Module, cfg: TeacherConfig):
+    def __init__(self, model: nn.Module, cfg: TeacherConfig, prompts_per_step: int | None = None,
+                 reference_prompts: int | None = None):
+        """`prompts_per_step` and `reference_prompts` convert cfg.ema_rate from the
+        recipe's units (see rate_per_step); without them the rate is per step as given."""
         self.cfg = cfg
+        self.rate = cfg.ema_rate if prompts_per_step is None else \
+            rate_per_step(cfg.ema_rate, prompts_per_step, reference_prompts)
         if cfg.mode == "live":
             warnings.warn("teacher.mode=live: the teacher is the current policy; the Vision-OPD "
                           "authors saw this collapse (average accuracy 0.51). Prefer ema.",
@@ -52,7 +66,7 @@ class Teacher:
         """After an optimizer step: EMA toward the student (ema), nothing otherwise."""
         if self.cfg.mode != "ema":
             return
-        r = self.cfg.ema_rate
+        r = self.rate
         student = trainable(model)
         self.params = {k: (1.0 - r) * v + r * student[k] for k, v in self.params.items()}
         mx.eval(self.params)

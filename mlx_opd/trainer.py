@@ -39,6 +39,7 @@ from .data import Sample, read_samples
 from .loss import fused_token_divergence
 from .metrics import MetricsLog, Progress
 from .rollout import Rollouts, sample_batch
+from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text
 from .teacher import Teacher
 from .views import student_view, teacher_view
 
@@ -66,11 +67,18 @@ class RunState:
 
 # --- set-up ---------------------------------------------------------------------------
 
-def _schedule(cfg):
-    """Linear warm-up then constant (the recipe): step i uses lr * min(1, (i + 1) / warmup)."""
+def lr_at(cfg, step):
+    """Linear warm-up then constant (the recipe). Step i (0-based) has seen (i + 1) * p
+    prompts; the warm-up lasts warmup_steps reference steps of R prompts:
+    lr_i = lr * min(1, (i + 1) * p / (warmup_steps * R)). Works on ints and mx arrays."""
     if cfg.warmup_steps <= 0:
         return cfg.lr
-    return lambda step: cfg.lr * mx.minimum(1.0, (step + 1) / cfg.warmup_steps)
+    frac = (step + 1) * cfg.prompts_per_step / (cfg.warmup_steps * cfg.reference_prompts_per_step)
+    return cfg.lr * (mx.minimum(1.0, frac) if isinstance(frac, mx.array) else min(1.0, frac))
+
+
+def _schedule(cfg):
+    return cfg.lr if cfg.warmup_steps <= 0 else (lambda step: lr_at(cfg, step))
 
 
 def make_optimizer(cfg) -> optim.AdamW:
@@ -110,8 +118,10 @@ def rollout_key(seed: int, step: int, j: int) -> mx.array:
 # --- the pieces of one step -------------------------------------------------------------
 
 def roll_out(loaded, sample: Sample, cfg: TrainConfig, key) -> tuple[models.Encoded, Rollouts]:
+    loaded.model.eval()  # sampling is inference: no dropout, inference kernels allowed
     view = student_view(sample, cfg.views)
-    enc = models.encode(loaded, view.image, view.text, cfg.pixels)
+    enc = check_prompt_length(models.encode(loaded, view.image, view.text, cfg.pixels),
+                              sample, cfg, "student")
     return enc, sample_batch(loaded, enc, cfg.rollout.n, cfg.rollout.max_tokens,
                              cfg.rollout.temperature, key, cfg.rollout.block_pad_tokens)
 
@@ -119,39 +129,68 @@ def roll_out(loaded, sample: Sample, cfg: TrainConfig, key) -> tuple[models.Enco
 def teacher_batch(loaded, sample: Sample, cfg: TrainConfig, responses) -> models.Batch:
     """The crop view scoring the student's sampled ids (its own prompt length)."""
     view = teacher_view(sample, cfg.views)
-    enc = models.encode(loaded, view.image, view.text, cfg.pixels)
+    enc = check_prompt_length(models.encode(loaded, view.image, view.text,
+                                            cfg.pixels.for_crop()), sample, cfg, "teacher")
     return models.make_batch([enc] * len(responses), responses)
 
 
-def _divergence(cfg, student_hidden, teacher_hidden, head, batch, head_trainable):
+def check_prompt_length(enc: models.Encoded, sample: Sample, cfg: TrainConfig,
+                        view: str) -> models.Encoded:
+    """Stop with advice, naming the sample, when a prompt exceeds rollout.max_prompt_tokens."""
+    from .errors import DataError
+
+    if enc.prompt_len > cfg.rollout.max_prompt_tokens:
+        w, h = enc.image_size
+        raise DataError(
+            f"the {view} prompt has {enc.prompt_len} tokens ({w}x{h} image after resizing), "
+            f"more than rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}",
+            sample.where, "lower pixels.max_pixels (e.g. --set pixels.max_pixels="
+            f"{max(3136, (w * h) // 4)}), or raise rollout.max_prompt_tokens if memory allows")
+    return enc
+
+
+def _divergence(cfg, student_hidden, teacher_hidden, head, batch, head_trainable,
+                teacher_head=None):
     c = cfg.loss
     return fused_token_divergence(
         student_hidden, teacher_hidden, head, batch.response_mask, kind=c.kind, beta=c.beta,
         estimator=c.estimator, k=c.k, tail=c.tail, temperature=cfg.rollout.temperature,
         reduction="none", sampled_ids=batch.response_ids, backend=c.backend,
-        chunk_size=c.chunk_size, head_weight_trainable=head_trainable)
+        chunk_size=c.chunk_size, head_weight_trainable=head_trainable,
+        teacher_head=teacher_head)
 
 
 def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
           t_batch: models.Batch, normaliser: float) -> Scored:
     """Loss and gradients of one prompt's n responses; the teacher is stop-gradient."""
     model = loaded.model
+    model.eval()  # the teacher only scores: inference mode on every module (no dropout)
     with teacher.weights_in(model):
         teacher_hidden = mx.stop_gradient(models.response_hidden(model, t_batch))
         mx.eval(teacher_hidden)
+    # the student's gradient pass in training mode on every module: LoRA dropout applies,
+    # and kernels without a VJP (mlx-vlm's Metal gated-delta on qwen3_5) are not picked
+    model.train()
     head = models.lm_head(model)
-    head_trainable = cfg.lora.finetune == "full" and isinstance(head, nn.Linear)
+    # a full fine-tune trains the head too (a tied head through the input embedding), and
+    # the teacher scores through ITS head: with LoRA the head is never adapted, so shared
+    full = cfg.lora.finetune == "full"
+    head_trainable = full and type(head) in (nn.Linear, nn.Embedding)
+    teacher_head = teacher.params.get(models.lm_head_key(model)) if full else None
 
     def objective(m):
         student_hidden = models.response_hidden(m, s_batch)
         per_token = _divergence(cfg, student_hidden, teacher_hidden, models.lm_head(m), s_batch,
-                                head_trainable)
+                                head_trainable, teacher_head)
         if cfg.loss.reduction == "sequence_mean":
             per_token = per_token / mx.maximum(s_batch.response_mask.sum(-1, keepdims=True), 1)
         return per_token.sum() / normaliser, mx.stop_gradient(student_hidden)
 
-    (value, student_hidden), grads = nn.value_and_grad(model, objective)(model)
-    mx.eval(value, grads)
+    try:
+        (value, student_hidden), grads = nn.value_and_grad(model, objective)(model)
+        mx.eval(value, grads)
+    finally:
+        model.eval()
     agree = models.argmax_agreement(model, student_hidden, teacher_hidden, s_batch.response_mask)
     return Scored(float(value.item()), agree, grads)
 
@@ -171,13 +210,15 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dis
     _apply_memory_controls(cfg, loaded.model)
     optimizer = make_optimizer(cfg.optim)
     optimizer.init(loaded.model.trainable_parameters())
-    teacher = Teacher(loaded.model, cfg.teacher)
+    teacher = Teacher(loaded.model, cfg.teacher, cfg.optim.prompts_per_step,
+                      cfg.optim.reference_prompts_per_step)
+    loaded.model.eval()  # the default between phases; the student's pass switches to train
     state = RunState()
     if resume:
-        ck = checkpoint.latest(run_dir) if dist.main else None
+        found = checkpoint.load_latest(run_dir, warn=print) if dist.main else None
         counters = [0.0, 0.0, 0.0]
-        if ck is not None:  # rank 0 reads it; everyone gets rank 0's values
-            saved = checkpoint.load(ck)
+        if found is not None:  # rank 0 reads it; everyone gets rank 0's values
+            ck, saved = found
             loaded.model.update(tree_unflatten(list(saved["adapters"].items())))
             if saved["teacher"]:
                 teacher.params = dict(saved["teacher"])
@@ -224,32 +265,6 @@ def steps_explained(cfg: TrainConfig, n_samples: int) -> str:
     return what
 
 
-def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    """A new run never mixes with an existing one: refuse unless --resume or --force."""
-    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
-        return
-    if not force:
-        held = [n for n in ("config.yaml", "metrics.jsonl", "checkpoints", "adapters")
-                if (run_dir / n).exists()]
-        what = f"a run ({', '.join(held)})" if held else "files"
-        raise ConfigError(
-            f"{run_dir} already holds {what}. Continue it with `mlx-opd train --resume "
-            f"{run_dir}`, move it aside with --force (it is renamed, never deleted), or "
-            "choose another --out")
-
-
-def _start_run_dir(run_dir: Path, force: bool, cfg: TrainConfig) -> None:
-    import yaml
-
-    from .files import move_aside, write_marker
-
-    if force and run_dir.exists() and any(run_dir.iterdir()):
-        print(f"--force: moved the existing {run_dir} aside to {move_aside(run_dir)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(run_dir, "run")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     """Run Vision-OPD training; returns RUN_DIR. Resumable at any checkpoint. Under
     mlx.launch every rank runs this; only rank 0 writes (see distributed.py).
@@ -264,7 +279,11 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     mx.random.seed(cfg.run.seed)
     loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume, dist)
     if dist.main and not resume:
-        _start_run_dir(run_dir, force, cfg)
+        start_run_dir(run_dir, force, cfg)
+    elif dist.main:  # the resumed run's effective config (overrides such as --max-steps)
+        import yaml
+
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     steps = total_steps(cfg, len(samples))
     log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
     progress = Progress(steps, state.step)
@@ -282,16 +301,16 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
               f"process(es); teacher {cfg.teacher.mode}; run dir {run_dir}")
         for msg in report.skipped[:20]:
             print(f"  skipped: {msg}")
+    beat = watchdog.beat if watchdog is not None else (lambda: None)
     try:
         while state.step < steps:
-            record = train_step(cfg, loaded, optimizer, teacher, samples, state, dist)
-            if watchdog is not None:
-                watchdog.beat()
+            record = train_step(cfg, loaded, optimizer, teacher, samples, state, dist, beat)
+            beat()
             first = record if first is None else first
             last, tokens = record, tokens + record["rollout/tokens"]
             if dist.main:
                 log.write(record)
-                progress.update(state.step, record["loss/objective"],
+                progress.update(state.step, loss_of(record),
                                 record["rollout/tokens_per_s"])
             if state.nonfinite_in_a_row > cfg.run.max_nonfinite:
                 save()
@@ -306,6 +325,14 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         if dist.main:
             print(f"\ninterrupted: saved {ck}; continue with --resume {run_dir}")
         raise
+    except TrainingStopped:
+        raise
+    except Exception as e:  # an out-of-memory, a processor error on one image, ...
+        ck = save()  # the last consistent state: a failed step never committed anything
+        raise TrainingStopped(
+            f"step {state.step + 1} failed ({type(e).__name__}: {e}); saved the last "
+            f"consistent state (step {state.step}) to {ck}. Fix the cause, then continue "
+            f"with `mlx-opd train --resume {run_dir}`") from e
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -316,32 +343,8 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     return run_dir
 
 
-def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict | None,
-                 tokens: float, seconds: float) -> str:
-    """The end-of-run summary: what happened, where it is, what to run next."""
-    from .plot import plot_run
-
-    lines = [f"done: {last['step'] if last else 'no new'} step(s) in {seconds:.0f} s"]
-    if first and last:
-        lines.append(f"  loss {first['loss/objective']:.4f} (step {first['step']}) -> "
-                     f"{last['loss/objective']:.4f} (step {last['step']}); "
-                     f"{tokens:.0f} sampled tokens ({tokens / max(seconds, 1e-9):.0f} tok/s overall)")
-    try:
-        plots = plot_run(run_dir)
-        lines.append(f"  plots: {plots[0]}")
-    except (FileNotFoundError, ValueError):
-        pass
-    lines += [f"  adapters: {run_dir / 'adapters'}",
-              "  next: measure the gap with the adapters:",
-              f"    mlx-opd eval --model {cfg.model.path} --adapter {run_dir / 'adapters'} "
-              "--data HELDOUT.jsonl --out after.json",
-              f"  or export them: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
-              "--out exports/hf --format hf"]
-    return "\n".join(lines)
-
-
 def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
-               dist: distributed.Dist | None = None) -> dict:
+               dist: distributed.Dist | None = None, beat=lambda: None) -> dict:
     """roll out -> build views -> score -> step -> teacher update; returns the metrics.
     With several ranks each takes its share of the step's prompts (distributed.py)."""
     dist = dist or distributed.init()
@@ -350,8 +353,10 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     mx.random.seed((cfg.run.seed * 7919 + state.step) % (1 << 31))  # e.g. LoRA dropout
     picked = [samples[i] for i in data_order(len(samples), cfg.run.seed, state.step,
                                              cfg.optim.prompts_per_step)]
-    rolled = [(s, *roll_out(loaded, s, cfg, rollout_key(cfg.run.seed, state.step, j)))
-              for j, s in distributed.my_share(picked, dist)]
+    rolled = []
+    for j, s in distributed.my_share(picked, dist):
+        rolled.append((s, *roll_out(loaded, s, cfg, rollout_key(cfg.run.seed, state.step, j))))
+        beat()  # the watchdog hears from every prompt, not once per (long) step
     rollout_seconds = sum(r.seconds for _, _, r in rolled)
     lengths = [len(t) for _, _, r in rolled for t in r.token_ids]
     finished = sum(f for _, _, r in rolled for f in r.finished)
@@ -363,6 +368,7 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
         s_batch = models.make_batch([enc] * len(r.token_ids), r.token_ids)
         t_batch = teacher_batch(loaded, sample, cfg, r.token_ids)
         scored = score(loaded, teacher, cfg, s_batch, t_batch, normaliser)
+        beat()
         grads, loss, agree = _add(grads, scored.grads), loss + scored.loss, agree + scored.agree
     if grads is None:  # more ranks than prompts: this rank contributes zeros
         grads = tree_map(mx.zeros_like, loaded.model.trainable_parameters())
@@ -376,22 +382,14 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     loss, agree = distributed.sum_floats([loss, agree], dist)
     grads, grad_norm = optim.clip_grad_norm(grads, cfg.optim.grad_clip)
     grad_norm = float(grad_norm.item())
-    lr = float(mx.array(optimizer.learning_rate).item())
+    lr = float(lr_at(cfg.optim, state.step))  # the lr this step applies (0-based step)
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if finite:
-        optimizer.update(loaded.model, grads)
-        mx.eval(loaded.model.trainable_parameters(), optimizer.state)
-        teacher.update(loaded.model)
-        state.nonfinite_in_a_row = 0
-    else:  # skip the update, count it
-        state.nonfinite_in_a_row += 1
-        state.nonfinite_total += 1
-    state.step += 1
+    commit_step(loaded.model, optimizer, teacher, state, grads if finite else None)
     per_rank = distributed.gather_float(rollout_seconds, dist)
     record = {
         "step": state.step,
-        "loss/objective": loss,
-        f"loss/{cfg.loss.kind}": loss,
+        # the divergence itself; with the sampled estimator, its policy-gradient surrogate
+        "loss/objective" if cfg.loss.estimator != "sampled" else "loss/surrogate": loss,
         "rollout/tokens": n_tokens,
         "rollout/mean_response_len": n_tokens / max(n_seqs, 1),
         "rollout/finished_frac": finished / max(n_seqs, 1),
@@ -411,6 +409,32 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
                        "dist/allreduce_bytes": distributed.tree_bytes(grads)})
         record.update({f"dist/rollout_seconds_rank{r}": t for r, t in enumerate(per_rank)})
     return record
+
+
+def commit_step(model, optimizer, teacher: Teacher, state: RunState, grads) -> None:
+    """Apply one step all or nothing: the optimizer update, the teacher update and the
+    counters land together (grads None: a skipped non-finite step). Ctrl-C waits until
+    they have; an error inside restores the state before the step (MLX arrays are
+    immutable, so keeping references is a snapshot)."""
+    from .signals import deferred_interrupt
+
+    with deferred_interrupt():
+        before = (model.trainable_parameters(), tree_map(lambda x: x, optimizer.state),
+                  teacher.params)
+        try:
+            if grads is not None:
+                optimizer.update(model, grads)
+                mx.eval(model.trainable_parameters(), optimizer.state)
+                teacher.update(model)
+                state.nonfinite_in_a_row = 0
+            else:
+                state.nonfinite_in_a_row += 1
+                state.nonfinite_total += 1
+            state.step += 1
+        except BaseException:
+            model.update(before[0])
+            optimizer.state, teacher.params = before[1], before[2]
+            raise
 
 
 def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import Sample
+from .teacher import rate_per_step
 from .views import student_view, teacher_view
 
 COLUMNS = ("images", "teacher_images", "problem", "answer", "prompt", "data_source", "ability",
@@ -40,7 +41,11 @@ HYPER_KEYS = {
     "data.max_prompt_length": ("max prompt tokens (authors: 8192)", lambda c: 8192),
     "actor_rollout_ref.actor.optim.lr": ("learning rate (authors' full fine-tune: 2e-6)",
                                          lambda c: c.optim.lr),
-    "actor_rollout_ref.actor.optim.lr_warmup_steps": ("warm-up steps", lambda c: c.optim.warmup_steps),
+    # verl counts steps of train_batch_size prompts; ours are in reference steps (96)
+    "actor_rollout_ref.actor.optim.lr_warmup_steps": (
+        "warm-up steps of train_batch_size prompts (authors: 10 of 96)",
+        lambda c: math.ceil(c.optim.warmup_steps * c.optim.reference_prompts_per_step
+                            / c.optim.prompts_per_step)),
     "actor_rollout_ref.actor.optim.weight_decay": ("AdamW weight decay", lambda c: c.optim.weight_decay),
     "actor_rollout_ref.actor.grad_clip": ("gradient clipping norm", lambda c: c.optim.grad_clip),
     "actor_rollout_ref.model.lora_rank": ("LoRA rank (0 = full fine-tune)",
@@ -58,7 +63,10 @@ OPD_VARIABLES = {
     "OPD_TOPK": ("top-K ids chosen by the student", lambda c: c.loss.k),
     "OPD_TAIL": ("tail bucket on (true) or renormalised top-K (false)", lambda c: str(c.loss.tail).lower()),
     "OPD_TEACHER": ("ema | frozen | live", lambda c: c.teacher.mode),
-    "OPD_EMA_RATE": ("teacher <- (1 - rate) teacher + rate student", lambda c: c.teacher.ema_rate),
+    "OPD_EMA_RATE": ("teacher <- (1 - rate) teacher + rate student, per step of "
+                     "train_batch_size prompts (authors: 0.05 per 96)",
+                     lambda c: rate_per_step(c.teacher.ema_rate, c.optim.prompts_per_step,
+                                             c.optim.reference_prompts_per_step)),
     "OPD_LOSS_AGG": ("token_mean | sequence_mean", lambda c: c.loss.reduction),
 }
 

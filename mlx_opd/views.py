@@ -56,6 +56,30 @@ def draw_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
     return out
 
 
+MAX_CROP_ASPECT = 50  # well under the processors' limit of 200, after their patch rounding
+
+
+def _widen(a: int, b: int, need: int, limit: int) -> tuple[int, int]:
+    """[a, b) grown about its centre to at least `need` pixels, within [0, limit)."""
+    if b - a >= need:
+        return a, b
+    grow = need - (b - a)
+    a, b = a - grow // 2, b + grow - grow // 2
+    shift = max(0, -a) - max(0, b - limit)
+    return max(0, a + shift), min(limit, b + shift)
+
+
+def _pad_to_aspect(crop: Image.Image) -> Image.Image:
+    """Pad the short side (centred, edge colour) so the aspect ratio is <= MAX_CROP_ASPECT."""
+    w, h = crop.size
+    tw, th = max(w, math.ceil(h / MAX_CROP_ASPECT)), max(h, math.ceil(w / MAX_CROP_ASPECT))
+    if (tw, th) == (w, h):
+        return crop
+    out = Image.new(crop.mode, (tw, th), crop.getpixel((0, 0)))
+    out.paste(crop, ((tw - w) // 2, (th - h) // 2))
+    return out
+
+
 def crop_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
     """Crop `box` plus margin (fraction of the box side), clipped to the image, then zoom;
     scaled up further if needed so the short side is at least `min_crop_side`."""
@@ -64,7 +88,12 @@ def crop_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
     W, H = image.size
     left, top = max(0, math.floor(x1 - mx_)), max(0, math.floor(y1 - my_))
     right, bottom = min(W, math.ceil(x2 + mx_)), min(H, math.ceil(y2 + my_))
-    crop = image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+    right, bottom = max(right, left + 1), max(bottom, top + 1)
+    # Qwen processors refuse aspect ratios >= 200: widen the short side with the image's
+    # own context around the box (still evidence-centred), then pad if the image ends
+    left, right = _widen(left, right, math.ceil((bottom - top) / MAX_CROP_ASPECT), W)
+    top, bottom = _widen(top, bottom, math.ceil((right - left) / MAX_CROP_ASPECT), H)
+    crop = _pad_to_aspect(image.crop((left, top, right, bottom)))
     scale = cfg.zoom
     short = min(crop.size) * scale
     if short < cfg.min_crop_side:

@@ -139,7 +139,7 @@ def test_train_cli_writes_everything(tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
-    for key in ("loss/objective", "loss/jsd", "rollout/mean_response_len", "rollout/tokens_per_s",
+    for key in ("loss/objective", "rollout/mean_response_len", "rollout/tokens_per_s",
                 "time/step_seconds", "memory/peak_bytes", "optim/lr", "optim/grad_norm",
                 "teacher/argmax_agreement"):
         assert all(np.isfinite(row[key]) for row in rows), key

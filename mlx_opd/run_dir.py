@@ -1,0 +1,61 @@
+"""A training run's folder: never mixed with another run, and a summary when it ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, to_dict
+
+
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """A new run never mixes with an existing one: refuse unless --resume or --force."""
+    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not force:
+        held = [n for n in ("config.yaml", "metrics.jsonl", "checkpoints", "adapters")
+                if (run_dir / n).exists()]
+        what = f"a run ({', '.join(held)})" if held else "files"
+        raise ConfigError(
+            f"{run_dir} already holds {what}. Continue it with `mlx-opd train --resume "
+            f"{run_dir}`, move it aside with --force (it is renamed, never deleted), or "
+            "choose another --out")
+
+
+def start_run_dir(run_dir: Path, force: bool, cfg: TrainConfig) -> None:
+    import yaml
+
+    from .files import move_aside, write_marker
+
+    if force and run_dir.exists() and any(run_dir.iterdir()):
+        print(f"--force: moved the existing {run_dir} aside to {move_aside(run_dir)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir, "run")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def loss_of(record: dict) -> float:
+    return record.get("loss/objective", record.get("loss/surrogate", float("nan")))
+
+
+def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict | None,
+                 tokens: float, seconds: float) -> str:
+    """The end-of-run summary: what happened, where it is, what to run next."""
+    from .plot import plot_run
+
+    lines = [f"done: {last['step'] if last else 'no new'} step(s) in {seconds:.0f} s"]
+    if first and last:
+        lines.append(f"  loss {loss_of(first):.4f} (step {first['step']}) -> "
+                     f"{loss_of(last):.4f} (step {last['step']}); "
+                     f"{tokens:.0f} sampled tokens ({tokens / max(seconds, 1e-9):.0f} tok/s overall)")
+    try:
+        plots = plot_run(run_dir)
+        lines.append(f"  plots: {plots[0]}")
+    except (FileNotFoundError, ValueError):
+        pass
+    lines += [f"  adapters: {run_dir / 'adapters'}",
+              "  next: measure the gap with the adapters:",
+              f"    mlx-opd eval --model {cfg.model.path} --adapter {run_dir / 'adapters'} "
+              "--data HELDOUT.jsonl --out after.json",
+              f"  or export them: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
+              "--out exports/hf --format hf"]
+    return "\n".join(lines)
