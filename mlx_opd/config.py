@@ -153,6 +153,8 @@ class LossConfig:
     estimator: str = "topk"       # full | topk | sampled (authors: top-100 with tail)
     k: int = 100
     tail: bool = True
+    exact_tail: bool = False      # False: the authors' tail floor (~1e-7, as their code);
+                                  # True: the exact tail down to 1e-38 (see loss.py)
     reduction: str = "token_mean"  # token_mean (recipe) | sequence_mean (paper's Algorithm 1)
     backend: str = "auto"         # auto | metal | cuda | mlx
     chunk_size: int = 128         # rows of [chunk, vocab] logits alive at once

@@ -27,8 +27,11 @@ Departures from a textbook implementation, deliberately:
    makes (see `_topk_vjp`).
 2. The tail log-prob is computed directly as logsumexp over the ids outside the top-K
    minus the row's logsumexp, not as log(1 - sum_K p): no cancellation when the K ids hold
-   almost all the mass; it is floored at log(TAIL_FLOOR) so it stays finite when they hold
-   all of it.
+   almost all the mass. It is floored: by default at the authors' floor,
+   log(-expm1(-1e-7)) ~ log(1e-7), which is exactly their log(-expm1(min(logsumexp(top-K
+   log-probs), -1e-7))) (parity for scale-up; it matters with forward KL on very peaked
+   students); `tail_floor=EXACT_TAIL_FLOOR` (1e-38) keeps the exact tail down to float32's
+   range. A floored tail is a constant, and the gradient is that of the value computed.
 3. Rows are processed in chunks in the forward pass so temporaries scale with the chunk.
 """
 
@@ -42,8 +45,8 @@ import mlx.core as mx
 KINDS = ("forward_kl", "reverse_kl", "jsd")
 ESTIMATORS = ("full", "topk", "sampled")
 REDUCTIONS = ("token_mean", "sequence_mean", "none")
-TAIL_FLOOR = 1e-38  # ~ the smallest normal float32
-LOG_TAIL_FLOOR = math.log(TAIL_FLOOR)
+AUTHORS_TAIL_FLOOR = -math.expm1(-1e-7)  # the tail probability the authors' clamp binds at
+EXACT_TAIL_FLOOR = 1e-38                 # ~ the smallest normal float32
 
 
 def chunked(fn, arrays, size: int):
@@ -72,6 +75,7 @@ class DivergenceSpec:
     k: int = 100
     tail: bool = True
     temperature: float = 1.0
+    tail_floor: float = AUTHORS_TAIL_FLOOR  # the tail bucket's probability floor
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -84,9 +88,15 @@ class DivergenceSpec:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.tail_floor < 1.0:
+            raise ValueError(f"tail_floor must be in (0, 1), got {self.tail_floor}")
         if self.estimator == "sampled" and self.kind != "reverse_kl":
             raise ValueError("the sampled-token estimator estimates reverse KL only; "
                              "pass kind='reverse_kl'")
+
+    @property
+    def log_tail_floor(self) -> float:
+        return math.log(self.tail_floor)
 
     @property
     def direction(self) -> int:
@@ -159,6 +169,7 @@ def _make_topk_rows(spec: DivergenceSpec):
     are u_K - lse_K.
     """
     inv_temp, direction, beta, tail = 1.0 / spec.temperature, spec.direction, spec.beta, spec.tail
+    log_floor = spec.log_tail_floor
 
     def gather(z, ids):  # gather first, then scale: no [R, V] temporary
         return _scaled(mx.take_along_axis(z, ids, -1), inv_temp)
@@ -174,7 +185,7 @@ def _make_topk_rows(spec: DivergenceSpec):
             rest = mx.put_along_axis(_scaled(z, inv_temp), ids, mx.array(-mx.inf), axis=-1)
             lse_rest = mx.logsumexp(rest, -1)
             lse = mx.logaddexp(lse_rest, lse_k)
-            out += [lse, mx.maximum(lse_rest - lse, LOG_TAIL_FLOOR)]
+            out += [lse, mx.maximum(lse_rest - lse, log_floor)]
         return out[0], out[2], mx.stack([out[1], out[3]], -1)
 
     def buckets(zs, zt, ids, lse_s, lse_t, tails):
@@ -203,9 +214,12 @@ def _make_topk_rows(spec: DivergenceSpec):
         G = g.sum(-1)
         live = cot != 0  # padded rows get exactly 0, even if their logits are garbage
         if tail:
-            q = mx.exp(ls[:, -1])  # the (floored) tail probability
-            dense_coef = mx.where(live, cot * (g[:, -1] / q - G), 0.0)
-            fix = cot[:, None] * (g[:, :-1] - mx.exp(ls[:, :-1]) * G[:, None])
+            q = mx.exp(ls[:, -1])  # the tail probability
+            # a floored tail is a constant: no gradient through it (G without its term)
+            floored = ls[:, -1] <= log_floor
+            G_eff = mx.where(floored, G - g[:, -1], G)
+            dense_coef = mx.where(live, cot * mx.where(floored, -G_eff, g[:, -1] / q - G), 0.0)
+            fix = cot[:, None] * (g[:, :-1] - mx.exp(ls[:, :-1]) * G_eff[:, None])
             grad = _dense_softmax_scaled(zs, lse_s, dense_coef, live,
                                          mx.array(inv_temp, mx.float32))
         else:  # only the K ids carry gradient
@@ -344,7 +358,8 @@ def token_divergence(student_logits: mx.array, teacher_logits: mx.array,
                      mask: mx.array | None = None, *, kind: str = "jsd", beta: float = 0.5,
                      estimator: str = "topk", k: int = 100, tail: bool = True,
                      temperature: float = 1.0, reduction: str = "token_mean",
-                     sampled_ids: mx.array | None = None, backend: str = "auto") -> mx.array:
+                     sampled_ids: mx.array | None = None, backend: str = "auto",
+                     tail_floor: float = AUTHORS_TAIL_FLOOR) -> mx.array:
     """Divergence between teacher and student next-token distributions.
 
     student_logits, teacher_logits: [B, T, V] (same response tokens, aligned positions);
@@ -352,7 +367,7 @@ def token_divergence(student_logits: mx.array, teacher_logits: mx.array,
     Returns a scalar (token_mean / sequence_mean) or [B, T] (none). Only `student_logits`
     gets a gradient. `backend`: auto | metal | cuda | mlx (see mlx_opd.metal.kernels).
     """
-    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature, tail_floor)
     if student_logits.shape != teacher_logits.shape or student_logits.ndim != 3:
         raise ValueError(f"student and teacher logits must both be [B, T, V], got "
                          f"{student_logits.shape} and {teacher_logits.shape}")
@@ -388,7 +403,8 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
                            tail: bool = True, temperature: float = 1.0,
                            reduction: str = "token_mean", sampled_ids: mx.array | None = None,
                            backend: str = "auto", chunk_size: int = FUSED_CHUNK,
-                           head_weight_trainable: bool = False, teacher_head=None) -> mx.array:
+                           head_weight_trainable: bool = False, teacher_head=None,
+                           tail_floor: float = AUTHORS_TAIL_FLOOR) -> mx.array:
     """`token_divergence` of head(student_hidden) and head(teacher_hidden) without ever
     holding [rows, V] logits for all rows: rows go through the head and the divergence
     `chunk_size` at a time, forward and backward (the backward recomputes each chunk's
@@ -401,7 +417,7 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
     forms; default: `head`) is the teacher's own head, e.g. in a full fine-tune where the
     teacher's weights differ from the student's; it never receives a gradient.
     """
-    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature, tail_floor)
     if student_hidden.shape != teacher_hidden.shape or student_hidden.ndim != 3:
         raise ValueError(f"student and teacher hidden states must both be [B, T, H], got "
                          f"{student_hidden.shape} and {teacher_hidden.shape}")
@@ -457,10 +473,11 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
 
 def token_divergence_reference(student_logits, teacher_logits, mask=None, *, kind="jsd",
                                beta=0.5, estimator="topk", k=100, tail=True, temperature=1.0,
-                               reduction="token_mean", sampled_ids=None):
+                               reduction="token_mean", sampled_ids=None,
+                               tail_floor=AUTHORS_TAIL_FLOOR):
     """Same contract as `token_divergence`, written the naive way: log_softmax of the whole
     [B, T, V] for both sides and autograd through everything."""
-    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature)
+    spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature, tail_floor)
     us = student_logits.astype(mx.float32) / temperature
     ut = mx.stop_gradient(teacher_logits).astype(mx.float32) / temperature
     ls = us - mx.logsumexp(us, -1, keepdims=True)
@@ -476,8 +493,8 @@ def token_divergence_reference(student_logits, teacher_logits, mask=None, *, kin
         tails = ()
         if tail:  # log of the probability mass outside the top-K, each side
             out = mx.put_along_axis(mx.zeros(us.shape), ids, mx.array(-mx.inf), axis=-1)
-            tails = (mx.maximum(mx.logsumexp(ls + out, -1, keepdims=True), LOG_TAIL_FLOOR),
-                     mx.maximum(mx.logsumexp(lt + out, -1, keepdims=True), LOG_TAIL_FLOOR))
+            tails = (mx.maximum(mx.logsumexp(ls + out, -1, keepdims=True), spec.log_tail_floor),
+                     mx.maximum(mx.logsumexp(lt + out, -1, keepdims=True), spec.log_tail_floor))
         ls, lt = mx.take_along_axis(ls, ids, -1), mx.take_along_axis(lt, ids, -1)
         if tail:
             ls, lt = mx.concatenate([ls, tails[0]], -1), mx.concatenate([lt, tails[1]], -1)

@@ -36,7 +36,7 @@ from mlx.utils import tree_map, tree_unflatten
 from . import checkpoint, distributed, lora, models
 from .config import ConfigError, TrainConfig, load_train_config, to_dict
 from .data import Sample, read_samples
-from .loss import fused_token_divergence
+from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
 from .rollout import Rollouts, sample_batch
 from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text
@@ -157,7 +157,8 @@ def _divergence(cfg, student_hidden, teacher_hidden, head, batch, head_trainable
         estimator=c.estimator, k=c.k, tail=c.tail, temperature=cfg.rollout.temperature,
         reduction="none", sampled_ids=batch.response_ids, backend=c.backend,
         chunk_size=c.chunk_size, head_weight_trainable=head_trainable,
-        teacher_head=teacher_head)
+        teacher_head=teacher_head,
+        tail_floor=EXACT_TAIL_FLOOR if c.exact_tail else AUTHORS_TAIL_FLOOR)
 
 
 def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,

@@ -29,10 +29,10 @@ elif mode == "die":
                                      "optim.prompts_per_step": 2, "run.step_timeout_s": 30})
     real_step = trainer.train_step
 
-    def step(cfg, loaded, optimizer, teacher, samples, state, dist=None):
+    def step(cfg, loaded, optimizer, teacher, samples, state, dist=None, *rest):
         if dist is not None and dist.rank == 1 and state.step == 2:
             os._exit(9)  # a rank dies mid-run
-        return real_step(cfg, loaded, optimizer, teacher, samples, state, dist)
+        return real_step(cfg, loaded, optimizer, teacher, samples, state, dist, *rest)
 
     trainer.train_step = step
     trainer.train(cfg)

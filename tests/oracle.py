@@ -38,7 +38,11 @@ def _divergence_and_g(ls, lt, direction, beta):
     return D, g
 
 
-def _row(zs, zt, kind, beta, estimator, k, tail, temperature, y, ids=None):
+AUTHORS_FLOOR = -np.expm1(-1e-7)  # the authors' log(-expm1(min(lse_K, -1e-7))) clamp
+
+
+def _row(zs, zt, kind, beta, estimator, k, tail, temperature, y, ids=None,
+         tail_floor=AUTHORS_FLOOR):
     """Value and gradient (w.r.t. zs) of one row. The gradient is sum_b g_b * dls_b/du with
     each bucket's log-prob derivative written out: a full-softmax log-prob ls_i has
     d ls_i / du = e_i - p; the tail log(sum_rest p) has (1_rest p / q) - p; a renormalised
@@ -62,14 +66,18 @@ def _row(zs, zt, kind, beta, estimator, k, tail, temperature, y, ids=None):
     if tail:
         rest = np.setdiff1d(np.arange(V), ids)
         q_s = p[rest].sum()
-        floor = np.log(1e-38)
-        ls = np.append(ls_full[ids], max(np.log(q_s) if q_s > 0 else -np.inf, floor))
+        floor = np.log(tail_floor)
+        log_q_s = np.log(q_s) if q_s > 0 else -np.inf
+        ls = np.append(ls_full[ids], max(log_q_s, floor))
         q_t = np.exp(lt_full[rest]).sum()
         lt = np.append(lt_full[ids], max(np.log(q_t) if q_t > 0 else -np.inf, floor))
         D, g = _divergence_and_g(ls, lt, direction, beta)
         grad[ids] += g[:k]
-        grad[rest] += g[k] * p[rest] / max(q_s, 1e-38)
-        grad -= p * g.sum()
+        if log_q_s > floor:  # the tail bucket moves with the logits
+            grad[rest] += g[k] * p[rest] / q_s
+            grad -= p * g.sum()
+        else:  # floored: a constant bucket, no gradient through it
+            grad -= p * g[:k].sum()
     else:
         ls = _log_softmax(ls_full[ids])
         lt = _log_softmax(lt_full[ids])
@@ -79,7 +87,8 @@ def _row(zs, zt, kind, beta, estimator, k, tail, temperature, y, ids=None):
 
 
 def oracle(zs, zt, mask=None, *, kind="jsd", beta=0.5, estimator="topk", k=100, tail=True,
-           temperature=1.0, reduction="token_mean", sampled_ids=None, topk_ids=None):
+           temperature=1.0, reduction="token_mean", sampled_ids=None, topk_ids=None,
+           tail_floor=AUTHORS_FLOOR):
     """(value, d value / d zs) in float64; zs, zt [B, T, V]; value scalar or [B, T].
     `topk_ids` [B, T, k] overrides the oracle's own choice of the top-K ids (for ties)."""
     zs, zt = np.asarray(zs, np.float64), np.asarray(zt, np.float64)
@@ -91,7 +100,7 @@ def oracle(zs, zt, mask=None, *, kind="jsd", beta=0.5, estimator="topk", k=100, 
             y = None if sampled_ids is None else int(np.asarray(sampled_ids)[b, t])
             ids = None if topk_ids is None else np.asarray(topk_ids)[b, t]
             d[b, t], grads[b, t] = _row(zs[b, t], zt[b, t], kind, beta, estimator, k, tail,
-                                        temperature, y, ids)
+                                        temperature, y, ids, tail_floor)
     if reduction == "none":
         return d * m, grads * m[..., None]
     if reduction == "token_mean":

@@ -64,5 +64,7 @@ def test_a_dying_rank_stops_the_others_and_keeps_the_checkpoint(tiny_dir, tmp_pa
                     DATA, tmp_path / "run"], timeout=200)
     assert time.time() - t < 150  # bounded: the survivor does not hang
     assert r.returncode != 0 or "  adapters: " not in r.stdout
+    # the last complete checkpoint is loadable: step 2's, or step 1's when mlx.launch stops
+    # rank 0 while it is still writing (and fsyncing) step 2's (atomic writes: never half)
     ck = checkpoint.latest(tmp_path / "run")
-    assert ck is not None and checkpoint.load(ck)["state"]["step"] == 2
+    assert ck is not None and checkpoint.load(ck)["state"]["step"] in (1, 2)

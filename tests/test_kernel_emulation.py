@@ -19,7 +19,7 @@ import pytest
 from mlx_opd.loss import DivergenceSpec, topk_ids
 from mlx_opd.metal import kernels
 
-from .oracle import oracle
+from .oracle import AUTHORS_FLOOR, oracle
 
 HERE = Path(__file__).parent / "emulation"
 METAL = Path(kernels.__file__).parent
@@ -56,13 +56,14 @@ def build(tmp_path_factory):
     return get
 
 
-def run_emulated(exe, zs, zt, ids, cot, beta, temperature, nt, workdir):
+def run_emulated(exe, zs, zt, ids, cot, beta, temperature, nt, workdir,
+                 tail_floor=AUTHORS_FLOOR):
     R, V = zs.shape
     workdir.mkdir(exist_ok=True)
     zs.astype(np.float32).tofile(workdir / "zs.bin")
     zt.astype(np.float32).tofile(workdir / "zt.bin")
     ids.astype(np.int32).tofile(workdir / "ids.bin")
-    np.array([beta, 1.0 / temperature], np.float32).tofile(workdir / "params.bin")
+    np.array([beta, 1.0 / temperature, np.log(tail_floor)], np.float32).tofile(workdir / "params.bin")
     cot.astype(np.float32).tofile(workdir / "cot.bin")
     out = subprocess.run([str(exe), str(R), str(V), str(ids.shape[1]), str(nt), str(workdir)],
                          capture_output=True, text=True, timeout=300)
@@ -166,3 +167,18 @@ __global__ void mlx_opd_topk_div_grad(const {dtype}* zs, const __grid_constant__
     out = subprocess.run([NVCC, "-std=c++17", "-arch=sm_80", "-c", str(tmp_path / "k.cu"),
                           "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("tail_floor", [AUTHORS_FLOOR, 1e-38], ids=["authors", "exact"])
+def test_kernel_floored_tail_value_and_gradient(build, tmp_path, tail_floor):
+    """A very peaked student (logits ~ +-1e4 apart): its exact tail is far below the
+    authors' floor. Value and gradient match the oracle for both floors, and every row's
+    gradient sums to 0 (the gradient of the value computed, no dropped part)."""
+    zs, zt, ids, cot = _case(14, 3, 1000, 100)
+    for r in range(3):  # top-K +40, the rest -40: the exact tail is ~e^-78
+        zs[r] = np.where(np.isin(np.arange(1000), ids[r]), zs[r] + 40.0, zs[r] - 40.0)
+    loss, grad = run_emulated(build(100, True, 0), zs, zt, ids, cot, 0.0, 1.0, 256,
+                              tmp_path / "io", tail_floor=tail_floor)
+    _compare(loss, grad, zs, zt, ids, cot, kind="forward_kl", beta=0.0, estimator="topk", k=100,
+             tail=True, tail_floor=tail_floor)
+    assert (np.abs(grad.sum(1)) <= 1e-3 * np.abs(grad).sum(1)).all()  # no dropped part

@@ -42,7 +42,7 @@ def _cfg(model_dir, tmp_path, **overrides):
 def _reference_loss(model, teacher_params, student_params, samples, encs, crop_encs, responses,
                     k, beta, temperature, reduction):
     """Written for the test, sharing nothing with loss.py: full logits from the model's own
-    forward, a plain log-softmax under autograd, top-K by the student with the exact tail,
+    forward, a plain log-softmax under autograd, top-K by the student with the authors' tail,
     generalized JSD over K+1 buckets, token-mean (or sequence-mean) over the whole step."""
     def logits_at(enc, resp):
         ids = mx.array([enc.input_ids[0].tolist() + resp], dtype=mx.int32)
@@ -72,8 +72,9 @@ def _reference_loss(model, teacher_params, student_params, samples, encs, crop_e
                 top = mx.stop_gradient(mx.argsort(-s_lp, axis=-1)[:, :k])
                 s_k = mx.take_along_axis(s_lp, top, -1)
                 t_k = mx.take_along_axis(t_lp, top, -1)
-                s_tail = mx.log(mx.maximum(1.0 - mx.exp(s_k).sum(-1, keepdims=True), 1e-38))
-                t_tail = mx.log(mx.maximum(1.0 - mx.exp(t_k).sum(-1, keepdims=True), 1e-38))
+                # the authors' tail: log(-expm1(min(logsumexp(top-K log-probs), -1e-7)))
+                s_tail = mx.log(-mx.expm1(mx.minimum(mx.logsumexp(s_k, -1, keepdims=True), -1e-7)))
+                t_tail = mx.log(-mx.expm1(mx.minimum(mx.logsumexp(t_k, -1, keepdims=True), -1e-7)))
                 ps, pt = mx.exp(mx.concatenate([s_k, s_tail], -1)), mx.exp(mx.concatenate([t_k, t_tail], -1))
                 pm = beta * pt + (1 - beta) * ps
                 per_tok = (beta * (pt * (mx.log(pt) - mx.log(pm))).sum(-1)

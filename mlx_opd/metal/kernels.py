@@ -65,7 +65,7 @@ def run_kernel(backend: str, zs: mx.array, zt: mx.array, ids: mx.array, spec,
                cot: mx.array | None = None, grad: bool = False) -> list[mx.array]:
     """Launch the forward (loss [R]) or backward (loss [R], grad [R, V]) kernel."""
     R, V = zs.shape
-    params = mx.array([spec.beta, 1.0 / spec.temperature], dtype=mx.float32)
+    params = mx.array([spec.beta, 1.0 / spec.temperature, spec.log_tail_floor], dtype=mx.float32)
     cot = mx.ones((R,), mx.float32) if cot is None else cot.astype(mx.float32)
     shapes, dtypes = [(R,)], [mx.float32]
     if grad:

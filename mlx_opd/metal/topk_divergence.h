@@ -11,7 +11,6 @@
 //   INLINE                    function qualifier
 // A threadgroup is a whole number of 32-lane SIMD groups.
 
-#define LOG_TAIL_FLOOR (-87.4982335f)  // log(1e-38), as TAIL_FLOOR in mlx_opd/loss.py
 
 // Fold logit x into a running (max m, sum s) with sum s = sum exp(x_i - m).
 INLINE void online_lse(float x, thread_ptr(float) m, thread_ptr(float) s) {

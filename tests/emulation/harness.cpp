@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   auto zs = read_bin<float>(dir + "/zs.bin", (size_t)R * V);
   auto zt = read_bin<float>(dir + "/zt.bin", (size_t)R * V);
   auto ids = read_bin<int>(dir + "/ids.bin", (size_t)R * K);
-  auto params = read_bin<float>(dir + "/params.bin", 2);
+  auto params = read_bin<float>(dir + "/params.bin", 3);
   auto cot = read_bin<float>(dir + "/cot.bin", R);
   std::vector<float> loss(R, NAN), grad((size_t)R * V, NAN);
   const int shape[2] = {R, V};
