@@ -99,10 +99,10 @@ def bench_model(name, size, args, workdir):
     responses = r.token_ids
     s_batch = models.make_batch([enc] * n, responses)
     tv = teacher_view(sample, cfg.views)
-    t_enc = models.encode(loaded, tv.image, tv.text, cfg.pixels)
+    t_enc = models.encode(loaded, tv.image, tv.text, cfg.pixels.for_crop())
     crop_batch = models.make_batch([t_enc] * n, responses)
     teacher = Teacher(loaded.model, cfg.teacher)
-    optimizer = optim.AdamW(learning_rate=1e-5)
+    optimizer = trainer.make_optimizer(cfg.optim)  # the trainer's (PyTorch AdamW semantics)
     opd_equal, peak_equal = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, s_batch,
                                                      s_batch), args.repeats)
     opd_crop, peak_crop = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, s_batch,

@@ -72,7 +72,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
             correct[v] += ok
             unparsed[v] += pred is None
             rows.append({"id": s.id, "view": v, "answer": text, "parsed": pred,
-                         "expected": s.answer, "correct": ok})
+                         "expected": s.answer, "correct": ok, "prompt_tokens": enc.prompt_len})
         if progress:
             progress(i + 1, len(samples), time.perf_counter() - t0)
     if not counted:

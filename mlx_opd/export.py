@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -158,6 +160,11 @@ def _hf_source(base: Path, hf_source: str | None) -> Path:
     return src
 
 
+def _say(msg: str) -> None:
+    """Progress on stderr (stdout keeps the final line a script may read)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _check_out(out: Path, force: bool, need_bytes: int) -> None:
     try:
         check_replaceable(out, force)
@@ -177,7 +184,9 @@ def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf1
     adapter = resolve_adapter(adapter)
     base_path = models.resolve_path(base)
     _check_adapter_matches(base_path, adapter)
+    _say(f"export: loading {base} with the adapter {adapter}")
     loaded = load_with_adapter(base, adapter)
+    _say("export: fusing the adapter into the weights")
     quantized = any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
                     for _, m in loaded.model.named_modules())
     if quantized:
@@ -202,10 +211,14 @@ def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf1
         else:
             index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())},
                      "weight_map": {}}
+            t0 = time.perf_counter()
             for i, part in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 mx.save_safetensors(str(tmp / name), part, metadata={"format": "pt"})
                 index["weight_map"].update({k: name for k in part})
+                eta = (time.perf_counter() - t0) / i * (len(shards) - i)
+                _say(f"export: wrote shard {i}/{len(shards)} "
+                     f"({sum(v.nbytes for v in part.values()) / 1e9:.2f} GB), ETA {eta:.0f} s")
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         _copy_files(src, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
@@ -267,7 +280,9 @@ def export_mlx(base: str, adapter: str | Path, out: str | Path, force: bool = Fa
     adapter = resolve_adapter(adapter)
     base_path = models.resolve_path(base)
     _check_adapter_matches(base_path, adapter)
+    _say(f"export: loading {base} with the adapter {adapter}")
     loaded = load_with_adapter(base, adapter)
+    _say("export: fusing the adapter into the weights")
     fuse(loaded.model, dequantize=dequantize_base)
     config = json.loads((base_path / "config.json").read_text())
     if dequantize_base:

@@ -20,10 +20,13 @@ def response_ce(model: nn.Module, batch: models.Batch) -> mx.array:
 
 
 def train_supervised(loaded: models.Loaded, examples: list, steps: int, batch_size: int,
-                     lr: float, weight_decay: float = 0.0, seed: int = 0, log=None) -> None:
+                     lr: float, weight_decay: float = 0.0, seed: int = 0, log=None,
+                     bias_correction: bool = False) -> None:
     """AdamW on `response_ce` over random batches of (Encoded prompt, response ids) pairs;
-    updates the model's trainable parameters in place."""
-    opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
+    updates the model's trainable parameters in place. The demo's base keeps MLX's default
+    (no bias correction: part of its cached recipe); baselines compared with Vision-OPD
+    pass bias_correction=True, the trainer's PyTorch semantics."""
+    opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay, bias_correction=bias_correction)
     step_fn = nn.value_and_grad(loaded.model, response_ce)
     rng = random.Random(seed)
     for step in range(steps):

@@ -180,3 +180,31 @@ def test_no_command_prints_a_traceback_on_bad_input(args, tiny_dir, tmp_path):
     assert no_traceback(r), (r.output, r.exception)
     assert r.output.strip(), "an error must say something"
     assert os.path.exists(tmp_path / "user-file.txt")
+
+
+def test_eval_takes_the_runs_config(tiny_dir, tmp_path):
+    """`eval --config RUN_DIR` sees images as the run did: its pixel limit changes the
+    number of image tokens against the default, and flags given still override it."""
+    run = tmp_path / "run"
+    r = _train(tiny_dir, run, "--set", "pixels.max_pixels=3136")  # 56 x 56: 4 image tokens
+    assert r.exit_code == 0, r.output
+    data = write_scene(make_scene(5), tmp_path / "d")
+    from mlx_opd.cli import _run_config
+
+    cfg = _run_config(str(run))
+    assert cfg.pixels.max_pixels == 3136
+    out = tmp_path / "e.json"
+    r = invoke("eval", "--model", tiny_dir["qwen2_5_vl"], "--data", data, "--out", out,
+               "--config", run, "--views", "plain", "--max-tokens", 2)
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", "--model", tiny_dir["qwen2_5_vl"], "--data", data, "--out",
+               tmp_path / "d.json", "--views", "plain", "--max-tokens", 2)
+    assert r.exit_code == 0, r.output
+    with_config = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])
+    default = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
+    assert with_config["prompt_tokens"] < default["prompt_tokens"]
+    r = invoke("eval", "--model", tiny_dir["qwen2_5_vl"], "--data", data, "--out",
+               tmp_path / "f.json", "--config", run, "--max-pixels", 200704, "--views", "plain",
+               "--max-tokens", 2)
+    flag = json.loads((tmp_path / "f.jsonl").read_text().splitlines()[0])
+    assert flag["prompt_tokens"] > with_config["prompt_tokens"]  # the flag overrides

@@ -1,6 +1,7 @@
 """Student / teacher / plain views: pixels and text, checked directly."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mlx_opd.config import ANSWER_INSTRUCTION, AUTHORS_HINT, ViewConfig
@@ -57,3 +58,27 @@ def test_precomputed_teacher_image_wins(tmp_path):
     s, _ = _sample(tmp_path, teacher_image=tmp_path / "t.png")
     assert teacher_view(s).image.size == (33, 21)
     assert set(all_views(s)) == {"plain", "student", "teacher"}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+@pytest.mark.parametrize("box", [(100, 100, 700, 108), (500, 500, 504, 504), (5, 0, 13, 960)],
+                         ids=["600x8", "4x4", "8x960"])
+def test_elongated_and_tiny_crops_give_valid_teacher_views(family, box, loaded, tmp_path):
+    """A 600 x 8 px box (aspect 75 before zoom), a 4 x 4 px box and a full-height sliver
+    in a 1280 x 960 photo: the crop stays evidence-centred, its aspect ratio stays under
+    the processors' limit of 200, and it encodes (with the pixel bounds, never squeezed
+    to an explicit full-image size)."""
+    from mlx_opd import models
+    from mlx_opd.config import PixelConfig
+    from mlx_opd.views import MAX_CROP_ASPECT
+
+    s, _ = _sample(tmp_path, box=box, size=(1280, 960))
+    v = teacher_view(s, ViewConfig())
+    w, h = v.image.size
+    assert max(w, h) / min(w, h) <= MAX_CROP_ASPECT and min(w, h) >= ViewConfig().min_crop_side
+    L = loaded(family)
+    pixels = PixelConfig(max_pixels=256 * 28 * 28, resized_height=448, resized_width=448)
+    enc = models.encode(L, v.image, v.text, pixels.for_crop())
+    assert models.image_token_count(L, enc) > 0
+    aspect = enc.image_size[0] / enc.image_size[1]
+    assert abs(aspect - w / h) / (w / h) < 0.5 or max(w, h) / min(w, h) < 2  # not squeezed
