@@ -454,7 +454,9 @@ def doctor(no_measure, as_json):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--quick", is_flag=True, help="A reduced run that checks the plumbing (seconds).")
+@click.option("--quick", is_flag=True,
+              help="A reduced run that checks the plumbing only (about a minute; no gap "
+                   "to expect from a 5-step base).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Where the tiny base is cached (default: OUT/cache).")
 @click.option("--compare-teachers", is_flag=True,
