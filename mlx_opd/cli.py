@@ -25,11 +25,12 @@ def _offline_if_local(model: str) -> None:
 
 def eta_progress(what: str):
     """progress(done, total, seconds) -> `eval 3/16 | 1.2 s/sample | ETA 0:00:16` on stderr."""
+    from .metrics import format_eta
+
     def show(done: int, total: int, seconds: float) -> None:
         per = seconds / max(done, 1)
-        eta = int(per * (total - done))
-        click.echo(f"{what} {done}/{total} | {per:.1f} s/sample | ETA {eta // 3600}:"
-                   f"{eta // 60 % 60:02d}:{eta % 60:02d}", err=True)
+        click.echo(f"{what} {done}/{total} | {per:.1f} s/sample | "
+                   f"ETA {format_eta(per * (total - done))}", err=True)
     return show
 
 

@@ -22,7 +22,7 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
     views = all_views(sample, view_cfg)
     encoded, out = {}, {}
     for name, view in views.items():
-        enc = models.encode(loaded, view.image, view.text, pixels.for_crop() if name == "teacher" else pixels)
+        enc = models.encode(loaded, view.image, view.text, pixels.for_view(name))
         s = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         encoded[name] = (enc, s)
         out[name] = {

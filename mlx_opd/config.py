@@ -16,6 +16,14 @@ AUTHORS_HINT = ("Only focus on the objects inside the red bounding box in the im
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
+# The valid values of enumerated fields (loss.py and metal/kernels.py use the same tuples).
+LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
+ESTIMATORS = ("full", "topk", "sampled")
+LOSS_BACKENDS = ("auto", "metal", "cuda", "mlx")
+STEP_REDUCTIONS = ("token_mean", "sequence_mean")  # per step; loss.py adds "none"
+TEACHER_MODES = ("ema", "frozen", "live")
+
+
 def choose(key: str, value, valid: tuple) -> None:
     """Raise a ValueError naming the valid values (nearest first) unless value is one."""
     if value in valid:
@@ -49,6 +57,10 @@ class PixelConfig:
         """The teacher's crop keeps its own shape: an explicit size is for full images
         (it would squeeze every crop to the full image's size); pixel bounds still apply."""
         return PixelConfig(self.min_pixels, self.max_pixels)
+
+    def for_view(self, view: str) -> "PixelConfig":
+        """The settings for the view named `view` (plain, student, teacher)."""
+        return self.for_crop() if view == "teacher" else self
 
     def processor_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -92,10 +104,8 @@ class DataConfig:
     columns: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
-        if self.format not in ("auto", "jsonl", "vision_opd", "parquet"):
-            raise ValueError(f"format must be auto, jsonl, vision_opd or parquet, got {self.format!r}")
+        choose("data.on_bad_sample", self.on_bad_sample, ("error", "skip"))
+        choose("data.format", self.format, ("auto", "jsonl", "vision_opd", "parquet"))
 
 
 # --- synthetic data (`mlx-opd synth`, the demo) ---------------------------------------
@@ -119,7 +129,6 @@ class SynthConfig:
             raise ValueError(f"evidence_size must be in [2, {min(w, h) // 2}], got {self.evidence_size}")
         if not 2 <= self.n_options <= len(COLOURS):
             raise ValueError(f"n_options must be in [2, {len(COLOURS)}]")
-
 
 
 # --- training -------------------------------------------------------------------------
@@ -160,10 +169,10 @@ class LossConfig:
     chunk_size: int = 128         # rows of [chunk, vocab] logits alive at once
 
     def __post_init__(self):
-        choose("loss.kind", self.kind, ("forward_kl", "reverse_kl", "jsd"))
-        choose("loss.estimator", self.estimator, ("full", "topk", "sampled"))
-        choose("loss.reduction", self.reduction, ("token_mean", "sequence_mean"))
-        choose("loss.backend", self.backend, ("auto", "metal", "cuda", "mlx"))
+        choose("loss.kind", self.kind, LOSS_KINDS)
+        choose("loss.estimator", self.estimator, ESTIMATORS)
+        choose("loss.reduction", self.reduction, STEP_REDUCTIONS)
+        choose("loss.backend", self.backend, LOSS_BACKENDS)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"loss.beta must be in [0, 1], got {self.beta}")
         if self.k < 1 or self.chunk_size < 1:
@@ -177,8 +186,7 @@ class TeacherConfig:
                                   # per optim.reference_prompts_per_step prompts (teacher.py)
 
     def __post_init__(self):
-        if self.mode not in ("ema", "frozen", "live"):
-            raise ValueError(f"teacher.mode must be ema, frozen or live, got {self.mode!r}")
+        choose("teacher.mode", self.mode, TEACHER_MODES)
         if not 0.0 < self.ema_rate <= 1.0:
             raise ValueError(f"teacher.ema_rate must be in (0, 1], got {self.ema_rate}")
 
@@ -196,8 +204,7 @@ class LoraConfig:
     train_vision: bool = False    # vision tower frozen by default (authors' focus is the LM)
 
     def __post_init__(self):
-        if self.finetune not in ("lora", "full"):
-            raise ValueError(f"lora.finetune must be lora or full, got {self.finetune!r}")
+        choose("lora.finetune", self.finetune, ("lora", "full"))
         if self.rank < 1:
             raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
 

@@ -120,11 +120,9 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
 
 def calibrate(L, samples, r: DemoRecipe) -> dict:
     """Greedy accuracy of the base on its calibration split: plain full image and crop."""
-    from .evaluate import evaluate
-
-    summary, _ = evaluate(L, samples, ("plain", "teacher"), views(), pixels(r), max_tokens=3)
-    return {"plain_acc": summary["plain_acc"], "teacher_acc": summary["teacher_acc"],
-            "gap": summary["gap"], "n": summary["n"]}
+    acc = _accuracies(L, samples, r, ("plain", "teacher"))
+    return {"plain_acc": acc["plain_acc"], "teacher_acc": acc["teacher_acc"],
+            "gap": acc["teacher_acc"] - acc["plain_acc"], "n": len(samples)}
 
 
 def gap_ok(cal: dict, r: DemoRecipe) -> bool:
@@ -136,9 +134,9 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     cache/tiny-base-<recipe key>.
 
     Rule when the calibration split shows too small a gap (crop accuracy < min_teacher_acc
-    or crop - plain < min_gap): train `sft_steps` more steps on the same examples (same
-    seeded batches continue), at most `max_rounds` rounds in all, then stop with an
-    error that says so. Never a new seed."""
+    or crop - plain < min_gap): train `sft_steps` more steps on the same examples (the
+    batch order of round k is seeded seed + k), at most `max_rounds` rounds in all, then
+    stop with an error that says so. The model, data and labels never change seed."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -233,12 +231,12 @@ def train_config(r: DemoRecipe, base: Path, train_data: Path, run_dir: Path):
         "run.save_every": r.eval_every, "run.keep_last": 1000})
 
 
-def _accuracies(loaded, samples, r: DemoRecipe) -> dict:
-    from .evaluate import evaluate
+def _accuracies(loaded, samples, r: DemoRecipe,
+                view_names=("plain", "student", "teacher")) -> dict:
+    from .evaluate import SUMMARY_KEY, evaluate
 
-    summary, _ = evaluate(loaded, samples, ("plain", "student", "teacher"), views(), pixels(r),
-                          max_tokens=3)
-    return {k: summary[k] for k in ("plain_acc", "student_acc", "teacher_acc", "unparsed")}
+    summary, _ = evaluate(loaded, samples, view_names, views(), pixels(r), max_tokens=3)
+    return {k: summary[k] for k in [SUMMARY_KEY[v] for v in view_names] + ["unparsed"]}
 
 
 def numerics() -> dict:

@@ -50,13 +50,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_marker(folder: Path, kind: str) -> None:
-    from importlib.metadata import PackageNotFoundError, version
+    from . import __version__
 
-    try:
-        v = version("mlx-opd")
-    except PackageNotFoundError:
-        v = "unknown"
-    (Path(folder) / MARKER).write_text(json.dumps({"written_by": f"mlx-opd {v}", "kind": kind}))
+    (Path(folder) / MARKER).write_text(json.dumps({"written_by": f"mlx-opd {__version__}",
+                                                   "kind": kind}))
 
 
 def written_by_us(folder: Path) -> bool:

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-KINDS = ("forward_kl", "reverse_kl", "jsd")
-ESTIMATORS = ("full", "topk", "sampled")
-REDUCTIONS = ("token_mean", "sequence_mean", "none")
+from .config import ESTIMATORS, LOSS_KINDS, STEP_REDUCTIONS
+
+KINDS = LOSS_KINDS
+REDUCTIONS = STEP_REDUCTIONS + ("none",)
 AUTHORS_TAIL_FLOOR = -math.expm1(-1e-7)  # the tail probability the authors' clamp binds at
 EXACT_TAIL_FLOOR = 1e-38                 # ~ the smallest normal float32
 

@@ -40,6 +40,12 @@ def read(path: Path) -> list[dict]:
     return [row for ln in Path(path).read_text().splitlines() if (row := _parse(ln)) is not None]
 
 
+def format_eta(seconds: float) -> str:
+    """H:MM:SS, the one ETA format of every progress line."""
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 class Progress:
     """`step 3/10 | loss 0.0123 | 45 tok/s | 2.1 s/step | ETA 0:00:14` on stderr."""
 
@@ -50,8 +56,7 @@ class Progress:
     def update(self, step: int, loss: float, tokens_per_s: float) -> None:
         done = step - self.start
         per = (time.perf_counter() - self.t0) / max(done, 1)
-        eta = int(per * (self.total - step))
         line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:.0f} tok/s | "
-                f"{per:.1f} s/step | ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
+                f"{per:.1f} s/step | ETA {format_eta(per * (self.total - step))}")
         end = "\n" if step == self.total or not self.stream.isatty() else "\r"
         print(line, end=end, file=self.stream, flush=True)

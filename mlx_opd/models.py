@@ -82,7 +82,7 @@ def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
     p = Path(model).expanduser()
     if p.exists():
         if need and not (p / need).exists():
-            raise ModelNotFoundError(f"{p}: no config.json; point --model at a Hugging Face "
+            raise ModelNotFoundError(f"{p}: no {need}; point --model at a Hugging Face "
                                      "model folder or a hub id such as "
                                      "mlx-community/Qwen2.5-VL-3B-Instruct-4bit")
         return p

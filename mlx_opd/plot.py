@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .metrics import read
 
-PANELS = [("loss/objective", "loss"), ("loss/surrogate", "loss (sampled-token surrogate)"), ("teacher/argmax_agreement", "teacher/student argmax agreement"),
+PANELS = [("loss/objective", "loss"), ("loss/surrogate", "loss (sampled-token surrogate)"),
+          ("teacher/argmax_agreement", "teacher/student argmax agreement"),
           ("rollout/mean_response_len", "mean response length (tokens)"),
           ("rollout/tokens_per_s", "rollout tokens/s"), ("optim/grad_norm", "grad norm"),
           ("optim/lr", "learning rate"), ("time/step_seconds", "seconds per step"),

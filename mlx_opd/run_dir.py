@@ -22,14 +22,19 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def start_run_dir(run_dir: Path, force: bool, cfg: TrainConfig) -> None:
-    import yaml
-
     from .files import move_aside, write_marker
 
     if force and run_dir.exists() and any(run_dir.iterdir()):
         print(f"--force: moved the existing {run_dir} aside to {move_aside(run_dir)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "run")
+    write_config(run_dir, cfg)
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """RUN_DIR/config.yaml: the run's effective config (resume reads it back)."""
+    import yaml
+
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -6,7 +6,8 @@ weight in a full fine-tune) have a teacher copy. Modes:
             starting from the initial model. The recipe's rate (0.05) is per step of 96
             prompts; with p prompts per step, r = 1 - (1 - rate) ** (p / 96)
             (`rate_per_step`), so the teacher trails the student by the same amount of
-            data whatever the batch (optim.reference_prompts_per_step sets the 96). With LoRA this averages the FACTORS A and B
+            data whatever the batch (optim.reference_prompts_per_step sets the 96).
+            With LoRA this averages the FACTORS A and B
             separately, which is not the EMA of the product B @ A (the authors' EMA is over
             full weights); it is cheap, exact for a full fine-tune, and it starts from the
             base model because B starts at zero.

@@ -39,7 +39,7 @@ from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
 from .rollout import Rollouts, sample_batch
-from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text
+from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text, write_config
 from .teacher import Teacher
 from .views import student_view, teacher_view
 
@@ -130,7 +130,7 @@ def teacher_batch(loaded, sample: Sample, cfg: TrainConfig, responses) -> models
     """The crop view scoring the student's sampled ids (its own prompt length)."""
     view = teacher_view(sample, cfg.views)
     enc = check_prompt_length(models.encode(loaded, view.image, view.text,
-                                            cfg.pixels.for_crop()), sample, cfg, "teacher")
+                                            cfg.pixels.for_view("teacher")), sample, cfg, "teacher")
     return models.make_batch([enc] * len(responses), responses)
 
 
@@ -282,9 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     if dist.main and not resume:
         start_run_dir(run_dir, force, cfg)
     elif dist.main:  # the resumed run's effective config (overrides such as --max-steps)
-        import yaml
-
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_config(run_dir, cfg)
     steps = total_steps(cfg, len(samples))
     log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
     progress = Progress(steps, state.step)
@@ -329,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     except TrainingStopped:
         raise
     except Exception as e:  # an out-of-memory, a processor error on one image, ...
-        ck = save()  # the last consistent state: a failed step never committed anything
+        ck = save() or f"{run_dir}/checkpoints (by rank 0)"  # the last consistent state
         raise TrainingStopped(
             f"step {state.step + 1} failed ({type(e).__name__}: {e}); saved the last "
             f"consistent state (step {state.step}) to {ck}. Fix the cause, then continue "

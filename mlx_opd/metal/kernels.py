@@ -26,9 +26,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..config import LOSS_BACKENDS
+
 SRC = Path(__file__).parent
 THREADS = 256  # per threadgroup: one row per threadgroup, 8 SIMD groups of 32
-BACKENDS = ("auto", "metal", "cuda", "mlx")
+BACKENDS = LOSS_BACKENDS
 
 
 def kernel_source(backend: str, grad: bool) -> tuple[str, str]:
