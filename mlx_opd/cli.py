@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .bench.names import BENCHMARK_NAMES
 from .config import SynthConfig  # defaults for `synth --help` (config.py imports nothing heavy)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
@@ -392,14 +393,29 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
 
 
 @main.command("eval")
-@click.option("--model", required=True, help="Hub id or local model folder.")
+@click.option("--model", help="Hub id or local model folder (required unless --compare).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="EVAL.json")
-@click.option("--views", default="plain,student,teacher", show_default=True,
-              help="Comma-separated subset of plain, student, teacher.")
-@click.option("--limit", type=int, default=None)
-@click.option("--max-tokens", type=int, default=8, show_default=True)
+@click.option("--data", help="Our data (JSONL, parquet, folder); with --benchmark: the "
+                             "benchmark's folder or dataset hub id (default: its hub id).")
+@click.option("--out", type=click.Path(dir_okay=False), help="EVAL.json")
+@click.option("--benchmark", type=click.Choice(BENCHMARK_NAMES),
+              help="Evaluate one of the paper's benchmarks with its prompt template.")
+@click.option("--variant", help="Benchmark variant: mme-realworld en (Lite, default) | cn.")
+@click.option("--views", default=None,
+              help="Comma-separated views. Data: plain, student, teacher (default all). "
+                   "Benchmarks: plain, teacher (default plain, plus teacher = evidence crop "
+                   "where boxes exist: vstar).")
+@click.option("--limit", type=int, default=None, help="Only the first N samples.")
+@click.option("--max-tokens", type=int, default=None,
+              help="Answer length cap (default 8; benchmarks 16).")
+@click.option("--judge", "judge_model", default=None,
+              help="Benchmarks: a local MLX model that maps answers the rules cannot read to "
+                   "an option (reported separately; off by default).")
+@click.option("--compare", "compare_files", nargs=2, type=click.Path(exists=True, dir_okay=False),
+              metavar="BEFORE.json AFTER.json",
+              help="Compare two evals: per category, the difference and its 95% CI.")
+@click.option("--force", is_flag=True, help="Benchmarks: move an --out with other settings "
+                                            "aside and start over (default: refuse).")
 @click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
               show_default=True)
 @click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
@@ -409,20 +425,31 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
 @config_option
 @pixel_options
 @view_options
-def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on_bad_sample,
-             instruction, run_config, **kw):
-    """Accuracy under plain / student / teacher views and the gap (crop - plain)."""
+def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_tokens,
+             judge_model, compare_files, force, box_format, on_bad_sample, instruction,
+             run_config, **kw):
+    """Accuracy under plain / student / teacher views and the gap (crop - plain); or one of
+    the paper's benchmarks (--benchmark); or two evals side by side (--compare)."""
+    if compare_files:
+        return _eval_compare(*compare_files, out)
+    if not model:
+        _fail(click.UsageError("--model is required (except with --compare)"))
     _offline_if_local(model)
     import dataclasses
 
+    run = _run_config(run_config)
+    pixels = _pixels(kw, run.pixels if run else None)
+    view_cfg = _view_cfg(kw, run.views if run else None)
+    if benchmark:
+        return _eval_benchmark(benchmark, variant, model, adapter, data, out, views, limit,
+                               max_tokens, judge_model, force, pixels, view_cfg)
+    if not data or not out:
+        _fail(click.UsageError("--data and --out are required (or pass --benchmark NAME)"))
     from . import models
     from .config import DataConfig
     from .data import DataError, read_samples
     from .evaluate import evaluate, write
 
-    run = _run_config(run_config)
-    pixels = _pixels(kw, run.pixels if run else None)
-    view_cfg = _view_cfg(kw, run.views if run else None)
     if instruction is not None:
         view_cfg = dataclasses.replace(view_cfg, answer_instruction=instruction)
     try:
@@ -431,8 +458,10 @@ def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on
         loaded = models.load(model, adapter)
         for msg in report.skipped[:20]:
             click.echo(f"  skipped: {msg}", err=True)
-        summary, rows = evaluate(loaded, samples, tuple(v.strip() for v in views.split(",")),
-                                 view_cfg, pixels, max_tokens, progress=eta_progress("eval"))
+        summary, rows = evaluate(loaded, samples,
+                                 tuple(v.strip() for v in (views or "plain,student,teacher")
+                                       .split(",")), view_cfg, pixels, max_tokens or 8,
+                                 progress=eta_progress("eval"))
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
     summary = {"model": model, "adapter": adapter, "data": data,
@@ -440,6 +469,101 @@ def eval_cmd(model, adapter, data, out, views, limit, max_tokens, box_format, on
     write(summary, rows, Path(out))
     click.echo("\n" + json.dumps(summary, indent=2))
     click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}")
+
+
+def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_tokens,
+                    judge_model, force, pixels, view_cfg):
+    """`eval --benchmark`: resolve the data, load the model, run with cache and resume."""
+    from . import models
+    from .bench import registry
+    from .bench.judge import make_judge
+    from .bench.run import run_benchmark, settings_for
+    from .bench.source import resolve
+    from .errors import DataError
+    from .files import OutputExistsError
+
+    if not out:
+        _fail(click.UsageError("--out OUT.json is required: finished samples are cached "
+                               "beside it, so a rerun resumes"))
+    try:
+        bench = registry.get(name, variant)
+        data = data or bench.hub_id
+        settings = settings_for(bench, variant, data, model, adapter,
+                                [v.strip() for v in views.split(",")] if views else None,
+                                max_tokens, pixels, view_cfg)
+        root = resolve(data, bench.allow_patterns, bench.layout)
+        loaded = models.load(model, adapter)
+        judge = None
+        if judge_model:
+            judge = make_judge(models.load(judge_model), bench.answer_kind, judge_model,
+                               log=lambda m: click.echo(m, err=True))
+        summary = run_benchmark(loaded, bench, root, Path(out), settings, pixels, view_cfg,
+                                limit, force, judge=judge)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: finished samples are kept in "
+                   f"{Path(out).with_suffix('.jsonl')}; rerun the same command to resume",
+                   err=True)
+        sys.exit(130)
+    except (DataError, FileNotFoundError, ValueError, OutputExistsError) as e:
+        _fail(e)
+    click.echo(_benchmark_summary(summary))
+    click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}"
+               f"\nnext: after training, run the same command with --adapter RUN_DIR/adapters "
+               f"and another --out, then `mlx-opd eval --compare {out} AFTER.json`")
+
+
+def _benchmark_summary(s: dict) -> str:
+    lines = [f"{s['title']}: n={s['n']} ({s['reused']} cached, {s['computed']} answered now), "
+             f"{s['unparsed']} unparsed"]
+    for v, a in s["views"].items():
+        lines.append(f"  {v:<8} accuracy {a['acc']:.3f} ({a['correct']}/{a['n']})")
+    if "gap" in s:
+        lines.append(f"  gap (crop - full) {s['gap']:+.3f} over {s['gap_n']} samples")
+    for c, per in s["by_category"].items():
+        lines.append(f"  {c}: " + ", ".join(f"{v} {a['acc']:.3f} (n={a['n']})"
+                                             for v, a in per.items()))
+    for key in ("pair_acc", "cvbench_score"):
+        if key in s:
+            lines.append(f"  {key} {s[key]:.3f}")
+    if "pope" in s:
+        lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in s["pope"].items()))
+    if "judge" in s:
+        j = s["judge"]
+        lines.append(f"  judge {j['model']}: resolved {j['resolved']}/{j['looked_at']} unparsed; "
+                     "accuracy with its readings " + ", ".join(
+                         f"{v} {a:.3f}" for v, a in j["acc_with_judge"].items()))
+    return "\n".join(lines)
+
+
+def _eval_compare(before_path, after_path, out):
+    from .bench.report import compare, compare_chart, format_table, load_eval
+
+    try:
+        before, after = load_eval(before_path), load_eval(after_path)
+        rows = compare(before, after)
+    except ValueError as e:
+        _fail(e)
+    title = (f"{after.get('title') or after.get('benchmark') or 'eval'}: "
+             f"{Path(before_path).name} -> {Path(after_path).name}")
+    click.echo(format_table(rows, title))
+    if out:
+        from .bench.cache import write_json
+
+        out = Path(out)
+        if out.exists():
+            try:
+                old = json.loads(out.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old.get("kind") != "mlx-opd eval comparison":
+                _fail(OSError(f"{out} exists and is not a comparison mlx-opd wrote; choose "
+                              "another --out (nothing was overwritten)"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
+                         "after": str(after_path), "benchmark": after.get("benchmark"),
+                         "rows": rows})
+        compare_chart(rows, out.with_suffix(".png"), title)
+        click.echo(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 @main.command()

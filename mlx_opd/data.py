@@ -182,7 +182,7 @@ def make_vision_opd_sample(row: dict, base: Path, where: str) -> Sample:
                   boxed_image=True)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -239,7 +239,7 @@ def read_samples(cfg: DataConfig) -> tuple[list[Sample], ReadReport]:
         raise DataError("data path not found", str(path), "check --data")
     fmt = detect_format(path) if cfg.format == "auto" else cfg.format
     base = path.parent if path.is_file() else path
-    rows = _jsonl_rows(path) if fmt == "jsonl" else _table_rows(path)
+    rows = jsonl_rows(path) if fmt == "jsonl" else _table_rows(path)
     report, out = ReadReport(), []
     cols = dict(cfg.columns)
     for where, row in rows:

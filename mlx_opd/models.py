@@ -157,6 +157,15 @@ def encode(loaded: Loaded, image, text: str, pixels: PixelConfig = PixelConfig()
                    (w * patch, h * patch))
 
 
+def encode_text(loaded: Loaded, text: str) -> Encoded:
+    """A text-only prompt (no image): for a judge model reading answers."""
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    prompt = apply_chat_template(loaded.processor, loaded.model.config, text, num_images=0)
+    out = loaded.processor(text=[prompt], images=None, return_tensors="mlx")
+    return Encoded(mx.array(out["input_ids"]), None, None, (0, 0))
+
+
 def image_token_count(loaded: Loaded, enc: Encoded) -> int:
     return int((enc.input_ids == loaded.model.config.image_token_id).sum().item())
 

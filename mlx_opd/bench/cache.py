@@ -1,0 +1,103 @@
+"""Per-sample results that survive an interrupted evaluation.
+
+OUT.json carries the evaluation's settings from its first moment (status "running", then
+the summary, status "complete"); OUT.jsonl gets one line per (sample, view) as soon as it
+is answered, flushed and fsynced. A rerun with the same --out and the same settings reuses
+every finished line; different settings, or an OUT.json mlx-opd did not write, are refused
+(nothing is overwritten) unless --force, which moves the old files aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..files import OutputExistsError, move_aside
+
+KIND = "mlx-opd benchmark eval"
+
+
+def paths(out: Path) -> tuple[Path, Path, Path]:
+    out = Path(out)
+    return out, out.with_suffix(".jsonl"), out.with_suffix(".png")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rows(path: Path) -> list[dict]:
+    """Every complete line; a line cut short by a kill is dropped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row and "view" in row:
+                rows.append(row)
+    return rows
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def open_cache(out: Path, settings: dict, force: bool) -> dict[tuple[str, str], dict]:
+    """{(id, view): row} of finished samples to reuse; prepares OUT.jsonl for appending."""
+    summary_path, rows_path, chart = paths(out)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in (summary_path, rows_path) if p.exists()]
+    if not existing:
+        return {}
+    problem = None
+    try:
+        old = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}
+    if old.get("kind") != KIND:
+        problem = (f"{existing[0]} exists and was not written by `mlx-opd eval --benchmark`")
+    else:
+        diff = _differences(old.get("settings", {}), settings)
+        if diff:
+            problem = (f"{summary_path} holds an evaluation with other settings ("
+                       + "; ".join(diff) + ")")
+    if problem:
+        if not force:
+            raise OutputExistsError(f"{problem}; nothing was overwritten. Choose another --out, "
+                                    "or pass --force to move the old files aside and start over")
+        for p in (summary_path, rows_path, chart):
+            if p.exists():
+                move_aside(p)
+        return {}
+    rows = _rows(rows_path)
+    # rewrite without any torn last line, so appended lines start on a fresh line
+    tmp = rows_path.with_name(f".{rows_path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    os.replace(tmp, rows_path)
+    return {(str(r["id"]), r["view"]): r for r in rows}
+
+
+class RowWriter:
+    """Appends one row per line and makes it durable before the next sample starts."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()

@@ -1,0 +1,32 @@
+"""The benchmarks `mlx-opd eval --benchmark NAME` knows, by name and variant."""
+
+from __future__ import annotations
+
+from ..config import choose
+from . import cvbench, hrbench, mme_realworld, mmstar, mmvp, pope, vstar
+from .item import Benchmark
+
+# name -> {variant -> adapter}; the first variant is the default
+BENCHMARKS: dict[str, dict[str, Benchmark]] = {
+    "vstar": {"default": vstar.BENCHMARK},
+    "hrbench4k": {"default": hrbench.HRBENCH_4K},
+    "hrbench8k": {"default": hrbench.HRBENCH_8K},
+    "mme-realworld": {"en": mme_realworld.MME_REALWORLD, "cn": mme_realworld.MME_REALWORLD_CN},
+    "mmvp": {"default": mmvp.BENCHMARK},
+    "cvbench": {"default": cvbench.BENCHMARK},
+    "mmstar": {"default": mmstar.BENCHMARK},
+    "pope": {"default": pope.BENCHMARK},
+}
+NAMES = tuple(BENCHMARKS)
+
+
+def get(name: str, variant: str | None = None) -> Benchmark:
+    """The adapter for `name` (and `variant`, default the first); unknown values name the
+    nearest valid one."""
+    choose("--benchmark", name, NAMES)
+    variants = BENCHMARKS[name]
+    if variant is None:
+        return next(iter(variants.values()))
+    variant = variant.lower()
+    choose(f"--variant for {name}", variant, tuple(variants))
+    return variants[variant]

@@ -1,0 +1,177 @@
+"""Evaluate one benchmark: greedy answers under the full image (plain) and, where the
+benchmark gives evidence boxes, the crop (teacher view); per-sample rows cached as they
+complete, so an interrupted run resumes; summary, per-category accuracy and a chart.
+
+    mlx-opd eval --benchmark vstar --data craigwu/vstar_bench --model M --out OUT.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import PixelConfig, ViewConfig
+from ..errors import DataError
+from ..metrics import format_eta
+from . import answers
+from .cache import KIND, RowWriter, open_cache, paths, write_json
+from .item import BenchItem, Benchmark
+from .scores import summarize
+
+BENCH_VIEWS = ("plain", "teacher")  # full image; evidence crop (needs boxes)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything a cached row depends on: a rerun reuses rows only when these match."""
+
+    benchmark: str
+    variant: str | None
+    data: str
+    model: str
+    adapter: str | None
+    views: tuple[str, ...]
+    max_tokens: int
+    pixels: dict = field(default_factory=dict)
+    crop: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+def settings_for(bench: Benchmark, variant, data: str, model: str, adapter, views=None,
+                 max_tokens: int | None = None, pixels: PixelConfig = PixelConfig(),
+                 view_cfg: ViewConfig = ViewConfig()) -> BenchSettings:
+    """The settings of one evaluation, defaults filled in from the benchmark."""
+    return BenchSettings(benchmark=bench.name, variant=variant, data=data, model=str(model),
+                         adapter=None if adapter is None else str(adapter),
+                         views=check_views(views or default_views(bench)),
+                         max_tokens=max_tokens or bench.max_tokens,
+                         pixels=pixels.processor_kwargs(),
+                         crop={"zoom": view_cfg.zoom, "crop_margin": view_cfg.crop_margin,
+                               "min_crop_side": view_cfg.min_crop_side})
+
+
+def default_views(bench: Benchmark) -> tuple[str, ...]:
+    return BENCH_VIEWS if bench.name == "vstar" else ("plain",)
+
+
+def check_views(views) -> tuple[str, ...]:
+    bad = [v for v in views if v not in BENCH_VIEWS]
+    if bad or not views:
+        raise ValueError(f"benchmark views are {', '.join(BENCH_VIEWS)} (full image, evidence "
+                         f"crop), got {', '.join(bad) or 'none'}; the student view's red box "
+                         "and hint are not part of the paper's benchmark protocol")
+    return tuple(views)
+
+
+def _row_extra(item: BenchItem) -> dict:
+    return {k: v for k, v in item.extra.items()
+            if k not in ("raw_options",) and isinstance(v, (str, int, float, bool))}
+
+
+def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelConfig,
+                view_cfg: ViewConfig, max_tokens: int) -> list[dict]:
+    """One row per view: the greedy answer, what the rules read from it, and whether it
+    is right. The crop view is skipped for items without an evidence box."""
+    from .. import models
+    from ..images import open_rgb
+    from ..views import crop_box
+
+    image = open_rgb(item.image, item.where)
+    text = bench.prompt(item)
+    rows = []
+    for v in views:
+        if v == "teacher" and item.box is None:
+            continue
+        t0 = time.perf_counter()
+        img = image if v == "plain" else crop_box(image, item.box, view_cfg)
+        enc = models.encode(loaded, img, text, pixels.for_view(v))
+        out = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+        said = models.decode(loaded, out.token_ids)
+        parsed = answers.parse(bench.answer_kind, said, item.options)
+        rows.append({"id": item.id, "view": v, "category": item.category, "answer": said,
+                     "parsed": parsed, "expected": item.answer, "correct": parsed == item.answer,
+                     "prompt": text, "options": list(item.options or ()),
+                     "prompt_tokens": enc.prompt_len, "image_size": list(img.size),
+                     "model_image_size": list(enc.image_size),
+                     "seconds": round(time.perf_counter() - t0, 3), **_row_extra(item)})
+    return rows
+
+
+class BenchProgress:
+    """`vstar 12/191 (5 cached) | 3.1 s/sample | ETA 0:08:43 | plain 0.42` on stderr."""
+
+    def __init__(self, name: str, total: int, stream=sys.stderr):
+        self.name, self.total, self.stream = name, total, stream
+        self.computed, self.seconds = 0, 0.0
+
+    def __call__(self, done: int, reused: int, seconds: float, acc: float | None) -> None:
+        self.computed = done - reused
+        per = seconds / max(self.computed, 1)
+        line = (f"{self.name} {done}/{self.total} ({reused} cached) | {per:.1f} s/sample | "
+                f"ETA {format_eta(per * (self.total - done))}")
+        if acc is not None:
+            line += f" | plain acc so far {acc:.2f}"
+        print(line, file=self.stream, flush=True)
+
+
+def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: BenchSettings,
+                  pixels: PixelConfig = PixelConfig(), view_cfg: ViewConfig = ViewConfig(),
+                  limit: int | None = None, force: bool = False, progress=None,
+                  judge=None, log=None) -> dict:
+    """Evaluate `bench` from `root`; returns the summary written to OUT.json."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    summary_path, rows_path, chart_path = paths(out)
+    cached = open_cache(summary_path, settings.as_dict(), force)
+    total, items = bench.read(root)
+    target = min(total, limit) if limit is not None else total
+    if cached:
+        log(f"resumed: {len(cached)} cached answers in {rows_path} are reused")
+    header = {"kind": KIND, "status": "running", "benchmark": bench.name, "title": bench.title,
+              "settings": settings.as_dict()}
+    write_json(summary_path, header)
+    progress = progress or BenchProgress(bench.name, target)
+    writer, rows, reused, seconds, t_start = RowWriter(rows_path), [], 0, 0.0, time.perf_counter()
+    try:
+        for k, item in enumerate(items):
+            if k >= target:
+                break
+            want = [v for v in settings.views if v != "teacher" or item.box is not None]
+            have = [cached[(item.id, v)] for v in want if (item.id, v) in cached]
+            if len(have) == len(want):
+                reused += 1
+                rows += have
+            else:
+                t0 = time.perf_counter()
+                todo = [v for v in want if (item.id, v) not in cached]
+                new = answer_item(loaded, bench, item, todo, pixels, view_cfg,
+                                  settings.max_tokens)
+                for r in new:
+                    writer.write(r)
+                rows += have + new
+                seconds += time.perf_counter() - t0
+            plain = [r["correct"] for r in rows if r["view"] == "plain"]
+            progress(k + 1, reused, seconds, sum(plain) / len(plain) if plain else None)
+    finally:
+        writer.close()
+    if not rows:
+        raise DataError("the benchmark has no rows", str(root), "check --data")
+    judged = judge(rows) if judge is not None else None
+    summary = {**header, "status": "complete", "model": settings.model,
+               "adapter": settings.adapter, "data": settings.data,
+               "reused": reused, "computed": len({r["id"] for r in rows}) - reused,
+               "rows_total_in_benchmark": total,
+               "seconds": round(time.perf_counter() - t_start, 1),
+               **summarize(rows, settings.views, bench.answer_kind)}
+    if judged is not None:
+        summary["judge"] = judged
+    write_json(summary_path, summary)
+    from .report import accuracy_chart
+
+    accuracy_chart(summary, chart_path)
+    return summary
