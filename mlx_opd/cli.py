@@ -120,24 +120,43 @@ def main():
 
 
 @main.command("tiny-model")
-@click.option("--family", type=click.Choice(FAMILIES), required=True)
+@click.option("--family", type=click.Choice(FAMILIES), help="A toy checkpoint of this family.")
+@click.option("--like", "like", metavar="HUB_ID",
+              help="A replica of this hub model instead: its real config, tokenizer and chat "
+                   "template, random weights, fewer layers (e.g. Qwen/Qwen2.5-VL-3B-Instruct).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--hidden-size", type=int, default=64, show_default=True)
-@click.option("--layers", type=int, default=2, show_default=True)
-@click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--vision-depth", type=int, default=2, show_default=True)
+@click.option("--hidden-size", type=int, default=64, show_default=True, help="Toy only.")
+@click.option("--layers", type=int, default=2, show_default=True, help="Text layers.")
+@click.option("--heads", type=int, default=4, show_default=True, help="Toy only.")
+@click.option("--vision-depth", "--vision-layers", "vision_depth", type=int, default=2,
+              show_default=True, help="Vision blocks.")
+@click.option("--quantize", type=click.Choice(["4", "8"]), default=None,
+              help="Replicas: quantize with mlx-vlm's convert, as mlx-community's repos are.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def tiny_model(family, out, seed, hidden_size, layers, heads, vision_depth, force):
-    """Write a tiny random-initialised checkpoint in Hugging Face layout (offline)."""
-    from .tiny import TinySize, build_tiny_model
-
-    size = TinySize(hidden_size=hidden_size, num_layers=layers, num_heads=heads,
-                    num_kv_heads=max(1, heads // 2), intermediate_size=2 * hidden_size,
-                    vision_depth=vision_depth)
+def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth, quantize,
+               force):
+    """Write a random-initialised checkpoint in Hugging Face layout (offline): a toy of a
+    family, or a replica of a real model at its real widths (--like)."""
+    if bool(family) == bool(like):
+        _fail(click.UsageError("give either --family (a toy) or --like HUB_ID (a replica)"))
     try:
+        if like:
+            from .replicas import REAL_MODELS, build_replica
+
+            path = build_replica(like, out, layers=layers, vision_layers=vision_depth, seed=seed,
+                                 quantize=None if quantize is None else int(quantize), force=force)
+            click.echo(f"wrote a replica of {like} ({REAL_MODELS[like].family}, {layers} text "
+                       f"layers, {vision_depth} vision blocks"
+                       + (f", {quantize}-bit" if quantize else "") + f") to {path}")
+            return
+        from .tiny import TinySize, build_tiny_model
+
+        size = TinySize(hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                        num_kv_heads=max(1, heads // 2), intermediate_size=2 * hidden_size,
+                        vision_depth=vision_depth)
         path = build_tiny_model(family, out, seed=seed, size=size, force=force)
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(f"wrote tiny {family} checkpoint to {path}")
 

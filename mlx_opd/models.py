@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .config import PixelConfig
 from .hf_layout import check_family
@@ -104,8 +105,23 @@ def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
             "), check the id's spelling, or pass a local model folder") from None
 
 
-def load(model: str | Path, adapter_path: str | Path | None = None) -> Loaded:
-    """Load a supported VLM (family checked before any weights are read)."""
+def compute_dtype(requested: str = "auto", device=None) -> mx.Dtype | None:
+    """The dtype float weights are cast to after loading, or None to keep the checkpoint's.
+    "auto": float32 on the CPU backend (its bf16/fp16 matmuls are ~20x slower than fp32),
+    the checkpoint's own dtype on Metal and CUDA, where half precision is the fast path."""
+    if requested == "auto":
+        device = device or mx.default_device()
+        return mx.float32 if device.type == mx.DeviceType.cpu else None
+    names = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+    if requested not in names:
+        raise ValueError(f"dtype must be auto, {', '.join(names)}; got {requested!r}")
+    return names[requested]
+
+
+def load(model: str | Path, adapter_path: str | Path | None = None,
+         dtype: str = "auto") -> Loaded:
+    """Load a supported VLM (family checked before any weights are read); float weights
+    are cast to `compute_dtype(dtype)` (quantized weights stay quantized)."""
     from mlx_vlm import load as vlm_load
 
     path = resolve_path(model)
@@ -116,6 +132,13 @@ def load(model: str | Path, adapter_path: str | Path | None = None) -> Loaded:
                                 "that `mlx-opd train` wrote under RUN_DIR/adapters")
     m, processor = vlm_load(str(path), adapter_path=None if adapter_path is None
                             else str(adapter_path))
+    target = compute_dtype(dtype)
+    if target is not None:
+        floats = [v.dtype for _, v in tree_flatten(m.parameters())
+                  if mx.issubdtype(v.dtype, mx.floating)]
+        if any(d != target for d in floats):
+            m.set_dtype(target)
+            mx.eval(m.parameters())
     return Loaded(m, processor, family, path, None if adapter_path is None else Path(adapter_path))
 
 
