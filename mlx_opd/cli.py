@@ -14,6 +14,7 @@ import click
 
 from .bench.names import BENCHMARK_NAMES
 from .config import SynthConfig  # defaults for `synth --help` (config.py imports nothing heavy)
+from .plan import CHIPS  # plan.py imports nothing heavy at module level
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
@@ -269,8 +270,13 @@ def _parse_set(values) -> dict:
                    "(renamed RUN_DIR.old-TIME), never deleted.")
 @click.option("--distributed", is_flag=True,
               help="Require an mlx.launch group (data-parallel over several processes/Macs).")
+@click.option("--memory-gb", type=float, default=None,
+              help="Memory to plan for (default: this machine's). A run whose predicted "
+                   "peak exceeds it stops before loading weights, with advice.")
+@click.option("--skip-memory-check", is_flag=True,
+              help="Start even when `plan` predicts the run cannot fit.")
 def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, force,
-          distributed):
+          distributed, memory_gb, skip_memory_check):
     """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
     checkpoints/, adapters/ and config.yaml."""
     from .config import ConfigError, load_train_config
@@ -296,12 +302,70 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
         _offline_if_local(cfg.model.path)
         if resume_dir and force:
             raise ConfigError("--resume continues a run and --force starts a new one: pass one")
+        if not skip_memory_check:
+            _memory_check(cfg, memory_gb)
         run_train(cfg, resume=bool(resume_dir), force=force)
     except (ConfigError, DataError, DistributedError, FileNotFoundError, TrainingStopped,
             ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _memory_check(cfg, memory_gb):
+    """Stop before any weights are loaded when the run clearly cannot fit (plan.py)."""
+    from .plan import format_plan, plan
+
+    try:
+        p = plan(cfg, memory_gb=memory_gb)
+    except Exception as e:  # a plan that cannot be made never blocks training
+        click.echo(f"memory check skipped: {type(e).__name__}: {e}", err=True)
+        return
+    if p["peak_bytes"] > p["memory_bytes"]:
+        raise click.ClickException(
+            "this run cannot fit: " + format_plan(p) + "\n(--skip-memory-check starts it anyway)")
+    if not p["fits"]:
+        click.echo("warning: the predicted peak is close to the memory:\n" + format_plan(p),
+                   err=True)
+
+
+@main.command("plan")
+@click.option("--config", type=click.Path(dir_okay=False), help="YAML file (keys = config fields).")
+@click.option("--model", help="Hub id or local folder (model.path); only its config is read.")
+@click.option("--data", help="Training data (data.path); only image headers are read.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any config field.")
+@click.option("--memory-gb", type=float, default=None,
+              help="Memory to plan for (default: this machine's).")
+@click.option("--chip", type=click.Choice(sorted(CHIPS)), default=None, help="Also estimate seconds per step on this Apple chip.")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="Plan for this backend (gpu = Metal: bf16, fused attention).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the plan as JSON.")
+def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out):
+    """Predict, before loading any weights, the peak memory of each phase of a training
+    step and whether it fits; if not, which settings bring it under."""
+    from .config import ConfigError, load_train_config
+    from .data import DataError
+    from .plan import format_plan, plan
+
+    overrides = _parse_set(sets)
+    for key, value in (("model.path", model), ("data.path", data)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        cfg = load_train_config(config, overrides)
+        if not cfg.model.path or not cfg.data.path:
+            raise ConfigError("model.path and data.path are required (--model/--data or YAML)")
+        _offline_if_local(cfg.model.path)
+        p = plan(cfg, memory_gb=memory_gb, chip=chip,
+                 backend=None if backend == "auto" else backend)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    click.echo(format_plan(p))
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(p, indent=2))
+        click.echo(f"wrote {json_out}")
 
 
 @main.command()

@@ -137,6 +137,10 @@ class SynthConfig:
 class ModelConfig:
     path: str = ""                # hub id (e.g. mlx-community/Qwen2.5-VL-3B-Instruct-4bit) or folder
     adapter: str | None = None    # start from an existing adapter folder (optional)
+    # The base a run trains: a hub id's resolved commit, or a fingerprint of a local folder
+    # (models.base_identity). `train` records it in RUN_DIR/config.yaml; a resume loads
+    # that commit and refuses a local base that changed.
+    revision: str | None = None
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
-                 need: str = "config.json") -> Path:
+                 need: str = "config.json", revision: str | None = None) -> Path:
     """A local folder as is; a hub id (ORG/NAME) from the local cache or downloaded
     (`allow_patterns`: only those files). Errors name the model and say how to fix it,
     whatever the hub client raised."""
@@ -94,13 +94,14 @@ def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
     from mlx_vlm.utils import get_model_path
 
     try:
-        return Path(get_model_path(text, allow_patterns=allow_patterns))
+        return Path(get_model_path(text, revision=revision, allow_patterns=allow_patterns))
     except Exception as e:  # the hub client raises many types; all mean "not here"
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a "
                "download" if offline else "the hub could not provide it")
+        what = f"model {text!r}" + (f" at revision {revision}" if revision else "")
         raise ModelNotFoundError(
-            f"model {text!r}: {why} ({type(e).__name__}). Fix: download it once with network "
+            f"{what}: {why} ({type(e).__name__}). Fix: download it once with network "
             f"(`huggingface-cli download {text}`{', or set HF_HUB_OFFLINE=0' if offline else ''}"
             "), check the id's spelling, or pass a local model folder") from None
 
@@ -118,13 +119,28 @@ def compute_dtype(requested: str = "auto", device=None) -> mx.Dtype | None:
     return names[requested]
 
 
+def base_identity(path: Path) -> str:
+    """What a run's base is: the commit of a hub snapshot (.../snapshots/COMMIT), else a
+    fingerprint of the folder's config and weight files (names and sizes)."""
+    import hashlib
+
+    path = Path(path).resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.name
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return "local:" + h.hexdigest()[:16]
+
+
 def load(model: str | Path, adapter_path: str | Path | None = None,
-         dtype: str = "auto") -> Loaded:
+         dtype: str = "auto", revision: str | None = None) -> Loaded:
     """Load a supported VLM (family checked before any weights are read); float weights
     are cast to `compute_dtype(dtype)` (quantized weights stay quantized)."""
     from mlx_vlm import load as vlm_load
 
-    path = resolve_path(model)
+    path = resolve_path(model, revision=None if str(revision or "").startswith("local:")
+                        else revision)
     config = json.loads((path / "config.json").read_text())
     family = check_family(config.get("model_type"), where=str(path / "config.json"))
     if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -55,6 +55,12 @@ class Scored:
     loss: float
     agree: int
     grads: dict
+    # per phase: peak bytes and seconds (the peak restarts at each phase, so each figure is
+    # that phase's own high-water mark, resident weights included)
+    teacher_peak: int = 0
+    student_peak: int = 0
+    teacher_seconds: float = 0.0
+    student_seconds: float = 0.0
 
 
 @dataclass
@@ -166,9 +172,13 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
     """Loss and gradients of one prompt's n responses; the teacher is stop-gradient."""
     model = loaded.model
     model.eval()  # the teacher only scores: inference mode on every module (no dropout)
+    t0 = time.perf_counter()
+    mx.reset_peak_memory()
     with teacher.weights_in(model):
         teacher_hidden = mx.stop_gradient(models.response_hidden(model, t_batch))
         mx.eval(teacher_hidden)
+    teacher_peak, t1 = mx.get_peak_memory(), time.perf_counter()
+    mx.reset_peak_memory()
     # the student's gradient pass in training mode on every module: LoRA dropout applies,
     # and kernels without a VJP (mlx-vlm's Metal gated-delta on qwen3_5) are not picked
     model.train()
@@ -192,8 +202,9 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
         mx.eval(value, grads)
     finally:
         model.eval()
+    student_peak, t2 = mx.get_peak_memory(), time.perf_counter()
     agree = models.argmax_agreement(model, student_hidden, teacher_hidden, s_batch.response_mask)
-    return Scored(float(value.item()), agree, grads)
+    return Scored(float(value.item()), agree, grads, teacher_peak, student_peak, t1 - t0, t2 - t1)
 
 
 def _add(a, b):
@@ -202,8 +213,24 @@ def _add(a, b):
 
 # --- the loop ---------------------------------------------------------------------------
 
+def check_base(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """cfg with model.revision set to the base it resolves to; a resume whose recorded base
+    is no longer what model.path resolves to stops with what changed (before loading)."""
+    recorded = cfg.model.revision
+    hub_rev = None if str(recorded or "").startswith("local:") else recorded
+    path = models.resolve_path(cfg.model.path, revision=hub_rev)
+    now = models.base_identity(path)
+    if resume and recorded and now != recorded:
+        raise ConfigError(
+            f"the base model changed since this run started: RUN_DIR/config.yaml records "
+            f"{recorded}, {cfg.model.path} is now {now}. Resuming on another base would mix "
+            "two models; restore the original base, or start a new run from these adapters "
+            "(--set model.adapter=RUN_DIR/adapters, another --out)")
+    return replace(cfg, model=replace(cfg.model, revision=now))
+
+
 def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dist):
-    loaded = models.load(cfg.model.path, cfg.model.adapter)
+    loaded = models.load(cfg.model.path, cfg.model.adapter, revision=cfg.model.revision)
     if cfg.model.adapter is None:
         adapter_config = lora.attach(loaded.model, cfg.lora)
     else:  # continue training the given adapters (mlx-vlm restores them trainable)
@@ -276,6 +303,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     run_dir = Path(cfg.run.out)
     check_run_dir(run_dir, resume, force)
     samples, report = read_samples(cfg.data)
+    cfg = check_base(cfg, resume)
     distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
     mx.random.seed(cfg.run.seed)
     loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume, dist)
@@ -348,6 +376,7 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     With several ranks each takes its share of the step's prompts (distributed.py)."""
     dist = dist or distributed.init()
     t0 = time.perf_counter()
+    resident = mx.get_active_memory()  # weights, optimizer state, teacher copy
     mx.reset_peak_memory()
     mx.random.seed((cfg.run.seed * 7919 + state.step) % (1 << 31))  # e.g. LoRA dropout
     picked = [samples[i] for i in data_order(len(samples), cfg.run.seed, state.step,
@@ -362,13 +391,16 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     n_tokens, n_seqs, finished = distributed.sum_floats(
         [sum(lengths), len(lengths), finished], dist)
     normaliser = n_tokens if cfg.loss.reduction == "token_mean" else n_seqs
-    grads, loss, agree = None, 0.0, 0
+    rollout_peak = mx.get_peak_memory()
+    grads, loss, agree, phases = None, 0.0, 0, []
     for sample, enc, r in rolled:
         s_batch = models.make_batch([enc] * len(r.token_ids), r.token_ids)
         t_batch = teacher_batch(loaded, sample, cfg, r.token_ids)
         scored = score(loaded, teacher, cfg, s_batch, t_batch, normaliser)
         beat()
         grads, loss, agree = _add(grads, scored.grads), loss + scored.loss, agree + scored.agree
+        phases.append(scored)
+    mx.reset_peak_memory()
     if grads is None:  # more ranks than prompts: this rank contributes zeros
         grads = tree_map(mx.zeros_like, loaded.model.trainable_parameters())
     mx.eval(grads)
@@ -395,7 +427,14 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
         "rollout/tokens_per_s": n_tokens / max(max(per_rank), 1e-9),
         "rollout/seconds": max(per_rank),
         "time/step_seconds": time.perf_counter() - t0,
-        "memory/peak_bytes": mx.get_peak_memory(),
+        "memory/peak_bytes": max([rollout_peak, mx.get_peak_memory()]
+                                 + [max(p.teacher_peak, p.student_peak) for p in phases]),
+        "memory/resident_bytes": resident,
+        "memory/rollout_peak_bytes": rollout_peak,
+        "memory/teacher_peak_bytes": max((p.teacher_peak for p in phases), default=0),
+        "memory/student_peak_bytes": max((p.student_peak for p in phases), default=0),
+        "time/teacher_seconds": sum(p.teacher_seconds for p in phases),
+        "time/student_seconds": sum(p.student_seconds for p in phases),
         "optim/lr": lr,
         "optim/grad_norm": grad_norm,
         "optim/skipped_nonfinite": not finite,

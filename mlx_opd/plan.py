@@ -1,0 +1,462 @@
+"""Will a run fit? Peak memory of each phase of one Vision-OPD step, and its time on a
+named Apple chip, predicted from the model's config, the pixel limits and the data's image
+sizes, before any weights are loaded.
+
+    mlx-opd plan --config run.yaml [--memory-gb 16] [--chip m3-pro] [--json plan.json]
+
+The step's phases (trainer.train_step) and what each holds besides the resident weights:
+- rollout: the prompt prefill (batch 1: vision tower, every layer's transient activations,
+  the logits of every prompt position), then the KV cache (or recurrent state) of n rows;
+- teacher: a no-gradient forward of n rows x (crop prompt + response);
+- student: the forward/backward of n rows x (full prompt + response) through the fused
+  loss; with gradient checkpointing each decoder layer keeps only its input and one layer
+  at a time is recomputed; without it every layer keeps its activations.
+Resident: the weights (in the compute dtype: float32 on the CPU backend, whose half
+precision matmuls are slow; the checkpoint's dtype on Metal; 4/8-bit stay quantized), the
+LoRA parameters, their AdamW moments, the gradient and the teacher's adapter copy.
+Attention scores are materialised ([rows, heads, L, L]) on the CPU backend; Metal's fused
+attention does not materialise them. Each figure is the phase's own high-water mark,
+comparable to `memory/<phase>_peak_bytes` in metrics.jsonl; `peak_bytes` is the largest.
+The constants (how many arrays of each shape are alive at once) were calibrated against
+`benchmarks/real_shapes.py` on the replicas (docs/benchmarks.md: predicted vs measured).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1 << 30
+TEXT_TOKENS = 110   # chat template + question + hint + options + instruction, measured
+# Apple chips: unified-memory bandwidth (GB/s) and fp16 GPU throughput (TFLOP/s), the
+# vendor's memory bandwidth and a commonly quoted GPU figure; time estimates assume 40% of
+# peak FLOPs on the big matmuls and one weight read per decode step.
+CHIPS = {
+    "m1": (68, 2.6), "m1-pro": (200, 5.2), "m1-max": (400, 10.4), "m1-ultra": (800, 21.0),
+    "m2": (100, 3.6), "m2-pro": (200, 6.8), "m2-max": (400, 13.6), "m2-ultra": (800, 27.2),
+    "m3": (100, 4.1), "m3-pro": (150, 7.4), "m3-max": (400, 16.4),
+    "m4": (120, 4.3), "m4-pro": (273, 9.2), "m4-max": (546, 18.4),
+}
+MFU = 0.4
+
+
+@dataclass(frozen=True)
+class Shapes:
+    family: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    vision_depth: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    patch: int
+    merge: int
+    windowed_blocks: int        # vision blocks with window attention (Qwen2.5-VL)
+    linear_layers: int          # gated-delta layers (Qwen3.5)
+    linear_state: int           # elements of one row's recurrent state per linear layer
+    deepstack: int
+
+
+def shapes_of(config: dict) -> Shapes:
+    """The widths `plan` needs, from a config.json."""
+    text = config.get("text_config", config)
+    vis = config["vision_config"]
+    family = config["model_type"]
+    layers = text["num_hidden_layers"]
+    heads = text["num_attention_heads"]
+    hidden = text["hidden_size"]
+    depth = vis["depth"]
+    if family == "qwen2_vl":
+        v_hidden = vis.get("embed_dim", 1280)
+        v_inter = int(v_hidden * vis.get("mlp_ratio", 4))
+    else:
+        v_hidden, v_inter = vis["hidden_size"], vis["intermediate_size"]
+    windowed = depth - len([i for i in vis.get("fullatt_block_indexes", []) if i < depth]) \
+        if family == "qwen2_5_vl" else 0
+    linear, state = 0, 0
+    if family == "qwen3_5":
+        k = text.get("full_attention_interval", 4)
+        linear = sum(1 for i in range(layers) if (i + 1) % k != 0)
+        state = text["linear_num_value_heads"] * text["linear_key_head_dim"] * \
+            text["linear_value_head_dim"]
+    return Shapes(family, hidden, layers, heads, text.get("num_key_value_heads", heads),
+                  text.get("head_dim") or hidden // heads, text["intermediate_size"],
+                  text["vocab_size"], bool(config.get("tie_word_embeddings",
+                                                      text.get("tie_word_embeddings", False))),
+                  depth, v_hidden, v_inter, vis["num_heads"], vis["patch_size"],
+                  vis.get("spatial_merge_size", 2), windowed, linear, state,
+                  len(vis.get("deepstack_visual_indexes") or []))
+
+
+def param_counts(config: dict) -> dict:
+    """Exact parameter counts by part, from mlx-vlm's own model class (shapes only:
+    nothing is allocated)."""
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
+    cfg = json.loads(json.dumps(config))
+    cfg.pop("quantization", None)
+    cfg.pop("quantization_config", None)
+    model_class, _ = get_model_and_args(cfg)
+    mcfg = update_module_configs(model_class.ModelConfig.from_dict(cfg), model_class, cfg,
+                                 ["text", "vision"])
+    counts = {"embed": 0, "head": 0, "text_layers": 0, "vision": 0, "other": 0, "lora_fans": 0}
+    model = model_class.Model(mcfg)
+    import mlx.nn as nn
+
+    # LoRA goes on every linear layer of the decoder (lora.py): rank x (in + out) each
+    for layer in model.language_model.model.layers:
+        for _, m in layer.named_modules():
+            if isinstance(m, nn.Linear):
+                out_f, in_f = m.weight.shape
+                counts["lora_fans"] += in_f + out_f
+    for name, v in tree_flatten(model.parameters()):
+        n = math.prod(v.shape)
+        if "embed_tokens" in name:
+            counts["embed"] += n
+        elif "lm_head" in name:
+            counts["head"] += n
+        elif ".layers." in name:
+            counts["text_layers"] += n
+        elif "vision" in name or "visual" in name:
+            counts["vision"] += n
+        else:
+            counts["other"] += n
+    return counts
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int,
+                 max_pixels: int) -> tuple[int, int]:
+    """The Qwen processors' resize: sides rounded to `factor`, pixel count within bounds,
+    aspect ratio kept."""
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def pixel_bounds(processor: dict, pixels) -> tuple[int, int]:
+    size = processor.get("size") or {}
+    lo = processor.get("min_pixels") or size.get("shortest_edge") or 56 * 56
+    hi = processor.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280
+    if pixels.min_pixels:
+        lo = pixels.min_pixels
+    if pixels.max_pixels:
+        hi = pixels.max_pixels
+    return lo, hi
+
+
+def image_tokens(size: tuple[int, int], s: Shapes, bounds: tuple[int, int],
+                 resized: tuple[int, int] | None = None) -> int:
+    """Tokens the processor gives one (width, height) image."""
+    factor = s.patch * s.merge
+    if resized:
+        h, w = (max(factor, round(x / factor) * factor) for x in resized)
+    else:
+        h, w = smart_resize(size[1], size[0], factor, *bounds)
+    return (h // factor) * (w // factor)
+
+
+def data_sizes(cfg, limit: int = 64) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The largest full image and the largest teacher crop (after zoom) among the first
+    `limit` samples, read from the image headers only."""
+    import dataclasses
+
+    from .data import read_samples
+    from .images import image_size
+
+    samples, _ = read_samples(dataclasses.replace(cfg.data, limit=limit))
+    full, crop = (0, 0), (0, 0)
+    for s in samples:
+        w, h = image_size(s.image, s.where)
+        if w * h > full[0] * full[1]:
+            full = (w, h)
+        if s.teacher_image is not None:
+            cw, ch = image_size(s.teacher_image, s.where)
+        elif s.box is not None:
+            z = cfg.views.zoom * (1 + 2 * cfg.views.crop_margin)
+            cw, ch = (max(cfg.views.min_crop_side, round((s.box[2] - s.box[0]) * z)),
+                      max(cfg.views.min_crop_side, round((s.box[3] - s.box[1]) * z)))
+        else:
+            cw, ch = w, h
+        if cw * ch > crop[0] * crop[1]:
+            crop = (cw, ch)
+    return full, crop
+
+
+# Arrays of the [heads, L, L] score shape alive at once in an attention (CPU fallback:
+# the scores and part of their softmax), calibrated on the replicas.
+SCORE_COPIES = 1.35
+
+
+def _vision_transient(s: Shapes, patches: int, a: int, scores: bool) -> float:
+    """Bytes alive at once inside one vision block over `patches` patches (every family
+    has full-attention blocks over all of an image's patches)."""
+    attn = SCORE_COPIES * 4 * s.vision_heads * patches * patches if scores else 0
+    mlp = 3 * patches * s.vision_intermediate * a
+    return max(attn, mlp) + 6 * patches * s.vision_hidden * a
+
+
+def _layer_transient(s: Shapes, rows: int, length: int, a: int, scores: bool) -> float:
+    """Bytes alive at once inside one decoder layer's forward over rows x length tokens."""
+    attn = SCORE_COPIES * 4 * rows * s.heads * length * length if scores else 0
+    mlp = 3 * rows * length * s.intermediate * a
+    return max(attn, mlp) + 6 * rows * length * s.hidden * a
+
+
+def _layer_saved(s: Shapes, rows: int, length: int, a: int, scores: bool) -> float:
+    """Bytes one decoder layer keeps for its backward pass (and its recompute peak)."""
+    tokens = rows * length
+    attn = 3 * 4 * rows * s.heads * length * length if scores else 0
+    qkv = tokens * (s.heads + 2 * s.kv_heads) * s.head_dim * a * 2
+    return attn + qkv + 5 * tokens * s.intermediate * a + 8 * tokens * s.hidden * a
+
+
+def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str,
+            backend: str, quant_bits: int | None = None) -> dict:
+    """Phase peaks (bytes), resident bytes and token counts for one step of `cfg`."""
+    s = shapes_of(config)
+    counts = param_counts(config)
+    a = 4 if dtype == "float32" else 2                     # activation bytes
+    scores = backend == "cpu"                              # materialised attention scores
+    wbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    q = (quant_bits / 8 + 4 / 64) if quant_bits else None  # bits + fp16 scale/bias per 64
+    text_w = counts["embed"] + counts["head"] + counts["text_layers"] + counts["other"]
+    weights = (text_w * q if q else text_w * wbytes) + counts["vision"] * wbytes
+    lora_params = _lora_params(counts, cfg)
+    resident = weights + lora_params * 4 * 5  # params, 2 AdamW moments, grad, teacher copy
+    bounds = pixel_bounds(processor, cfg.pixels)
+    resized = (cfg.pixels.resized_height, cfg.pixels.resized_width) \
+        if cfg.pixels.resized_height else None
+    t_img = image_tokens(full_size, s, bounds, resized)
+    t_crop = image_tokens(crop_size, s, bounds)
+    n, R = cfg.rollout.n, cfg.rollout.max_tokens
+    P, Pc = t_img + TEXT_TOKENS, t_crop + TEXT_TOKENS
+    patches = t_img * s.merge * s.merge
+    kv = s.layers - s.linear_layers
+    # rollout: prefill (vision, one layer's transient, the KV being written, all logits),
+    # then n rows of KV / recurrent state
+    vision = _vision_transient(s, patches, a, scores)
+    # the tower finishes before the decoder starts: its transient and the logits of every
+    # prompt position are never alive together
+    prefill = max(vision, _layer_transient(s, 1, P, a, scores) + P * s.vocab * a
+                  + kv * 2 * P * s.kv_heads * s.head_dim * a)
+    decode = n * (kv * 2 * (P + R) * s.kv_heads * s.head_dim * a + s.linear_layers * s.linear_state * 4) \
+        + n * s.vocab * 4 * 4
+    rollout = resident + max(prefill, decode)
+    # teacher: n rows of the crop prompt, no gradient
+    teacher = resident + max(_vision_transient(s, t_crop * s.merge * s.merge, a, scores),
+                             _layer_transient(s, n, Pc + R, a, scores)) \
+        + 2 * n * (Pc + R) * s.hidden * a
+    # student: n rows of the full prompt with the gradient
+    L = P + R
+    vis_rows = n if s.family == "qwen3_vl" else 1  # qwen3_vl runs the tower per row
+    if cfg.memory.grad_checkpoint:
+        keep = s.layers * n * L * s.hidden * a + _layer_saved(s, n, L, a, scores)
+    else:
+        keep = s.layers * _layer_saved(s, n, L, a, scores)
+    student = resident + max(vis_rows * _vision_transient(s, patches, a, scores),
+                             keep + n * L * s.hidden * a * 2)
+    phases = {"weights": weights, "resident": resident, "rollout": rollout,
+              "teacher": teacher, "student": student}
+    return {"phases": phases, "peak_bytes": max(rollout, teacher, student),
+            "tokens": {"image_full": t_img, "image_crop": t_crop, "prompt_student": P,
+                       "prompt_teacher": Pc, "response_max": R, "rows": n},
+            "params": counts, "lora_params": lora_params}
+
+
+def _lora_params(counts: dict, cfg) -> int:
+    return 0 if cfg.lora.finetune == "full" else cfg.lora.rank * counts["lora_fans"]
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def plan(cfg, memory_gb: float | None = None, chip: str | None = None,
+         dtype: str = "auto", backend: str | None = None) -> dict:
+    """The prediction for a training config, with the fit verdict and advice. Reads only
+    config files and image headers (a hub model's config.json is fetched alone)."""
+    from .models import resolve_path
+
+    path = resolve_path(cfg.model.path, allow_patterns=["*.json"])
+    config = _read_json(path / "config.json")
+    processor = _read_json(path / "preprocessor_config.json")
+    import mlx.core as mx
+
+    backend = backend or ("cpu" if mx.default_device().type == mx.DeviceType.cpu else "gpu")
+    stored = (config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+              or "bfloat16")
+    if dtype == "auto":
+        dtype = "float32" if backend == "cpu" else ("float32" if stored == "float32" else "bfloat16")
+    quant = (config.get("quantization") or config.get("quantization_config") or {}).get("bits")
+    full, crop = data_sizes(cfg)
+    out = predict(config, processor, cfg, full, crop, dtype, backend, quant)
+    total = memory_gb * GIB if memory_gb else available_memory()
+    out.update({"model": str(cfg.model.path), "dtype": dtype, "backend": backend,
+                "quantized_bits": quant, "image_size": list(full), "crop_size": list(crop),
+                "memory_bytes": total, "fits": out["peak_bytes"] <= FIT_FRACTION * total})
+    if chip:
+        out["time"] = step_time(config, out, cfg, chip)
+    if not out["fits"]:
+        out["advice"] = advice(config, processor, cfg, full, crop, dtype, backend, quant, total)
+    return out
+
+
+# Keep a margin for the OS, the Python process and MLX's buffer cache.
+FIT_FRACTION = 0.8
+
+
+def available_memory() -> int:
+    """This machine's memory in bytes (Metal: the recommended working set)."""
+    import mlx.core as mx
+
+    try:
+        if mx.metal.is_available():
+            return int(mx.metal.device_info()["max_recommended_working_set_size"])
+    except Exception:  # older mlx: fall through to the OS figure
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def advice(config, processor, cfg, full, crop, dtype, backend, quant, total) -> list[dict]:
+    """Settings that bring the predicted peak under the memory, cheapest change first;
+    each with the peak it gives (applied one at a time, then together)."""
+    import dataclasses
+
+    def peak(c, d=dtype, q=quant):
+        return predict(config, processor, c, full, crop, d, backend, q)["peak_bytes"]
+
+    limit = FIT_FRACTION * total
+    tries = []
+    if not cfg.memory.grad_checkpoint:
+        tries.append(("memory.grad_checkpoint=true", dataclasses.replace(
+            cfg, memory=dataclasses.replace(cfg.memory, grad_checkpoint=True))))
+    s = shapes_of(config)
+    factor = s.patch * s.merge
+    now_pixels = image_tokens(full, s, pixel_bounds(processor, cfg.pixels)) * factor * factor
+    lo = pixel_bounds(processor, cfg.pixels)[0]
+    for div in (2, 4, 8):  # fewer image tokens: the biggest lever on image-heavy steps
+        mp = max(lo, now_pixels // div // (factor * factor) * factor * factor)
+        c = dataclasses.replace(cfg, pixels=dataclasses.replace(cfg.pixels, max_pixels=mp,
+                                                                resized_height=None,
+                                                                resized_width=None))
+        tries.append((f"pixels.max_pixels={mp}", c))
+    for div in (2, 4):
+        n = max(1, cfg.rollout.n // div)
+        if n < cfg.rollout.n:
+            tries.append((f"rollout.n={n}", dataclasses.replace(
+                cfg, rollout=dataclasses.replace(cfg.rollout, n=n))))
+    for div in (2, 4):
+        m = max(16, cfg.rollout.max_tokens // div)
+        if m < cfg.rollout.max_tokens:
+            tries.append((f"rollout.max_tokens={m}", dataclasses.replace(
+                cfg, rollout=dataclasses.replace(cfg.rollout, max_tokens=m))))
+    out = [{"set": k, "peak_bytes": peak(c), "fits": peak(c) <= limit} for k, c in tries]
+    if not quant:
+        p = predict(config, processor, cfg, full, crop, "bfloat16" if backend != "cpu" else dtype,
+                    backend, 4)["peak_bytes"]
+        out.append({"set": "a 4-bit base (mlx-community ...-4bit)", "peak_bytes": p,
+                    "fits": p <= limit})
+    # combined: the first memory settings together, until it fits
+    combined, c = {}, cfg
+    for k, ci in tries:  # later values of a key replace earlier ones (max_pixels steps)
+        combined[k.split("=")[0]] = k
+        c = _merge(c, ci, cfg)
+        if peak(c) <= limit:
+            break
+    out.append({"set": " ".join(f"--set {k}" for k in combined.values()), "peak_bytes": peak(c),
+                "fits": peak(c) <= limit, "combined": True})
+    return out
+
+
+def _merge(acc, changed, base):
+    """acc with whatever `changed` changed relative to `base`."""
+    import dataclasses
+
+    for section in ("memory", "pixels", "rollout"):
+        if getattr(changed, section) != getattr(base, section):
+            acc = dataclasses.replace(acc, **{section: getattr(changed, section)})
+    return acc
+
+
+def step_time(config, pred, cfg, chip: str) -> dict:
+    """Seconds per step on `chip` (CHIPS): matmul FLOPs at MFU of its GPU throughput, and
+    one pass over the weights per decode step at its memory bandwidth."""
+    if chip not in CHIPS:
+        raise ValueError(f"--chip must be one of {', '.join(CHIPS)}; got {chip!r}")
+    bw, tflops = CHIPS[chip]
+    counts = pred["params"]
+    tok = pred["tokens"]
+    n, R = tok["rows"], tok["response_max"]
+    lm = counts["text_layers"]
+    head = counts["head"] or counts["embed"]
+    vis = counts["vision"]
+    flops = 2 * lm * tok["prompt_student"] + 2 * vis * tok["image_full"] * 4     # prefill
+    flops += 2 * lm * n * (tok["prompt_teacher"] + R)                            # teacher
+    flops += 4 * 2 * lm * n * (tok["prompt_student"] + R)                        # student
+    flops += 3 * 2 * head * n * R * 2                                            # heads
+    weight_reads = R * pred["phases"]["weights"]                                 # decode
+    prompts = cfg.optim.prompts_per_step
+    seconds = prompts * (flops / (MFU * tflops * 1e12) + weight_reads / (bw * 1e9))
+    return {"chip": chip, "bandwidth_GBps": bw, "fp16_TFLOPs": tflops, "mfu": MFU,
+            "seconds_per_step": seconds, "flops_per_prompt": flops}
+
+
+def extrapolate(runs: list[dict]) -> dict:
+    """Per model: the per-layer slope of the measured peak between two depths and the
+    peak extrapolated to the full depth, next to plan's full-depth predictions."""
+    out = {}
+    by_model = {}
+    for r in runs:
+        if "error_pct" in r:
+            by_model.setdefault(r["model"], []).append(r)
+    for model, rs in by_model.items():
+        rs.sort(key=lambda r: r["layers"])
+        if len(rs) < 2:
+            continue
+        a, b = rs[0], rs[-1]
+        slope = (b["measured"]["memory/peak_bytes"] - a["measured"]["memory/peak_bytes"]) / \
+            (b["layers"] - a["layers"])
+        from .replicas import REAL_MODELS, text_section
+
+        full = text_section(REAL_MODELS[model].config)["num_hidden_layers"]
+        out[model] = {"slope_bytes_per_layer": slope, "full_layers": full,
+                      "extrapolated_peak_bytes": b["measured"]["memory/peak_bytes"]
+                      + slope * (full - b["layers"])}
+    return out
+
+
+def format_plan(p: dict) -> str:
+    """The plan as a few lines a user reads before starting a run."""
+    g = lambda b: f"{b / GIB:.1f} GiB"  # noqa: E731
+    ph, tok = p["phases"], p["tokens"]
+    lines = [f"{p['model']} ({p['dtype']}{', %d-bit' % p['quantized_bits'] if p['quantized_bits'] else ''}"
+             f", {p['backend']}): image {p['image_size'][0]}x{p['image_size'][1]} -> "
+             f"{tok['image_full']} image tokens (crop {tok['image_crop']}); {tok['rows']} rows x "
+             f"up to {tok['response_max']} response tokens",
+             f"  weights {g(ph['weights'])}, resident {g(ph['resident'])}; peak per phase: rollout "
+             f"{g(ph['rollout'])}, teacher {g(ph['teacher'])}, student {g(ph['student'])}",
+             f"  predicted peak {g(p['peak_bytes'])} of {g(p['memory_bytes'])} -> "
+             + ("fits" if p["fits"] else "does NOT fit (keep 20% free)")]
+    if "time" in p:
+        lines.append(f"  about {p['time']['seconds_per_step']:.0f} s per step on {p['time']['chip']}")
+    for a in p.get("advice", []):
+        lines.append(f"  {'combined: ' if a.get('combined') else 'try '}{a['set']} -> "
+                     f"{g(a['peak_bytes'])}{' (fits)' if a['fits'] else ''}")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""`mlx-opd plan`: image tokens as the processor counts them, the fit verdict and advice
+that works when applied, `train --memory-gb` stopping before any weights are loaded, and
+the base model's identity recorded for resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mlx_opd import plan as planner
+from mlx_opd.cli import main
+from mlx_opd.config import PixelConfig, load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tiny.yaml"
+DATA = ROOT / "examples" / "data" / "samples.jsonl"
+
+
+def _cfg(model, **overrides):
+    return load_train_config(str(EXAMPLE), {"model.path": str(model), "data.path": str(DATA),
+                                            **overrides})
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("size", [(1280, 960), (4000, 3000), (61, 17), (600, 8), (2048, 64)])
+def test_plan_image_tokens_equal_the_processors(family, size, loaded):
+    """The processor itself is the oracle: plan's smart_resize must count as it does."""
+    from PIL import Image
+
+    from mlx_opd import models
+
+    lm = loaded(family)
+    config = json.loads((lm.path / "config.json").read_text())
+    proc = json.loads((lm.path / "preprocessor_config.json").read_text())
+    s = planner.shapes_of(config)
+    for pixels in (PixelConfig(), PixelConfig(max_pixels=28 * 28 * 64)):
+        bounds = planner.pixel_bounds(proc, pixels)
+        want = planner.image_tokens(size, s, bounds)
+        enc = models.encode(lm, Image.new("RGB", size, (90, 120, 150)), "Q?", pixels)
+        assert models.image_token_count(lm, enc) == want, (size, pixels)
+
+
+def test_plan_parameter_counts_are_exact(tiny_dir, loaded):
+    from mlx.utils import tree_flatten
+
+    lm = loaded("qwen2_5_vl")
+    counts = planner.param_counts(json.loads((lm.path / "config.json").read_text()))
+    total = sum(v.size for _, v in tree_flatten(lm.model.parameters()))
+    assert sum(v for k, v in counts.items() if k != "lora_fans") == total
+
+
+def test_plan_verdict_and_advice_that_fits_when_applied(tiny_dir):
+    cfg = _cfg(tiny_dir["qwen2_5_vl"])
+    roomy = planner.plan(cfg, memory_gb=64)
+    assert roomy["fits"] and set(roomy["phases"]) >= {"weights", "rollout", "teacher", "student"}
+    assert roomy["peak_bytes"] == max(roomy["phases"][k] for k in ("rollout", "teacher", "student"))
+    # a budget between the weights and the peak: refused, with advice
+    tight_gb = (roomy["phases"]["resident"] + 0.3 * (roomy["peak_bytes"] - roomy["phases"]["resident"])) \
+        / planner.GIB / planner.FIT_FRACTION
+    tight = planner.plan(cfg, memory_gb=tight_gb)
+    assert not tight["fits"] and tight["advice"]
+    combined = next(a for a in tight["advice"] if a.get("combined"))
+    assert combined["fits"]
+    sets = {k: yaml.safe_load(v) for k, v in
+            (x.split("=") for x in combined["set"].replace("--set ", "").split())}
+    applied = _cfg(tiny_dir["qwen2_5_vl"], **sets)
+    assert planner.plan(applied, memory_gb=tight_gb)["fits"]
+
+
+def test_plan_cli_json_and_train_refusal_before_loading(tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "plan.json"
+    r = CliRunner().invoke(main, ["plan", "--config", str(EXAMPLE), "--model",
+                                  str(tiny_dir["qwen2_5_vl"]), "--data", str(DATA),
+                                  "--memory-gb", "64", "--chip", "m3-pro", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    p = json.loads(out.read_text())
+    assert {"peak_bytes", "phases", "fits"} <= set(p) and p["time"]["seconds_per_step"] > 0
+
+    from mlx_opd import models
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights were loaded")
+    monkeypatch.setattr(models, "load", no_weights)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--config", str(EXAMPLE), "--model",
+                                  str(tiny_dir["qwen2_5_vl"]), "--data", str(DATA), "--out",
+                                  str(run), "--memory-gb", "0.001"])
+    assert r.exit_code != 0 and "cannot fit" in r.output and "try " in r.output
+    assert "weights were loaded" not in r.output and not run.exists()
+
+
+def _hub_model(tmp_path, src, rev):
+    root = tmp_path / "hub" / "models--mlx-opd-test--tiny"
+    shutil.copytree(src, root / "snapshots" / rev)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(rev)
+    return tmp_path / "hub"
+
+
+def test_plan_hub_id_resolves_and_the_revision_is_recorded(tiny_dir, tmp_path):
+    rev = "1111111111111111111111111111111111111111"
+    cache = _hub_model(tmp_path, tiny_dir["qwen2_5_vl"], rev)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlx_opd.cli", "train", "--config", str(EXAMPLE), "--model",
+           "mlx-opd-test/tiny", "--data", str(DATA), "--out", str(run), "--max-steps", "1"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["revision"] == rev
+
+
+def test_plan_resume_refuses_a_changed_local_base(tiny_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dir["qwen2_5_vl"], base)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(EXAMPLE), "--model", str(base), "--data", str(DATA),
+            "--out", str(run), "--max-steps", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["model"]["revision"]
+    assert recorded.startswith("local:")
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5  # someone edits the base between the two sessions
+    (base / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["train", "--resume", str(run), "--max-steps", "2"])
+    assert r.exit_code != 0 and "base model changed" in r.output and "Traceback" not in r.output
