@@ -50,8 +50,8 @@ def run_step(model: Path, data: Path, out: Path, timeout: int) -> dict:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if p.returncode != 0:
-        return {"error": p.stderr[-2000:]}
+    if p.returncode != 0:  # a negative code is a signal: -9 is the OOM killer
+        return {"error": f"exit code {p.returncode}: " + p.stderr[-2000:]}
     rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
            if '"step"' in x][-1]
     rec["wall_seconds"] = time.perf_counter() - t0
@@ -64,10 +64,15 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(REAL_MODELS))
     ap.add_argument("--layers", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--repredict", action="store_true",
+                    help="Recompute plan's predictions for the runs in --json (no measuring).")
     args = ap.parse_args()
+    if args.repredict:
+        return repredict(Path(args.json))
     out_path = Path(args.json)
     results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
-    done = {(r["model"], r["layers"]) for r in results["runs"] if "measured" in r}
+    done = {(r["model"], r["layers"]) for r in results["runs"]
+            if "error" not in r.get("measured", {"error": 1})}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_data(tmp)
@@ -104,9 +109,32 @@ def main():
 
                 shutil.rmtree(rep, ignore_errors=True)
                 shutil.rmtree(tmp / f"run-{layers}", ignore_errors=True)
-    results["extrapolated"] = planner.extrapolate(results["runs"])
+    cfg = load_train_config(None, dict(SETTINGS))
+    crop = (round((BOX[2] - BOX[0]) * cfg.views.zoom), round((BOX[3] - BOX[1]) * cfg.views.zoom))
+    results["extrapolated"] = planner.extrapolate(results["runs"], cfg, (1280, 960), crop)
     out_path.write_text(json.dumps(results, indent=2))
     print(f"wrote {out_path}")
+
+
+def repredict(path: Path) -> None:
+    """plan's predictions again for every measured run (config files only, no weights)."""
+    from mlx_opd.plan import predict
+    from mlx_opd.replicas import preprocessor_config, replica_config
+
+    results = json.loads(path.read_text())
+    cfg = load_train_config(None, dict(SETTINGS))
+    crop = (round((BOX[2] - BOX[0]) * cfg.views.zoom), round((BOX[3] - BOX[1]) * cfg.views.zoom))
+    for r in results["runs"]:
+        real = REAL_MODELS[r["model"]]
+        config = replica_config(real, r["layers"], r["vision_layers"])
+        r["predicted"] = {**r["predicted"], **predict(config, preprocessor_config(real), cfg,
+                                                      (1280, 960), crop, "float32", "cpu")}
+        if "error" not in r["measured"]:
+            r["error_pct"] = 100 * (r["predicted"]["peak_bytes"] / r["measured"]["memory/peak_bytes"] - 1)
+    results["extrapolated"] = planner.extrapolate(results["runs"], cfg, (1280, 960), crop)
+    path.write_text(json.dumps(results, indent=2))
+    for r in results["runs"]:
+        print(f"{r['model']:<30} {r['layers']} layers: error {r.get('error_pct', float('nan')):+.1f}%")
 
 
 if __name__ == "__main__":

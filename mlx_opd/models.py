@@ -333,16 +333,50 @@ def image_features(model: nn.Module, pixel_values: mx.array, grid: mx.array) -> 
     return vt(pixel_values, grid, output_hidden_states=False)
 
 
-def _forward(model: nn.Module, batch: Batch) -> mx.array:
-    reset_rope_state(model)
-    kwargs = {}
+def _feature_kwargs(model: nn.Module, batch: Batch) -> dict:
+    """Extra model arguments: a prompt shared by n rows runs the vision tower once where
+    the cached-feature path is exact."""
     rows = batch.input_ids.shape[0]
     if batch.shared_prompt and rows > 1 and model.config.model_type in SHARED_FEATURE_FAMILIES:
         one = batch.pixel_values[: batch.pixel_values.shape[0] // rows]
-        kwargs["cached_image_features"] = mx.concatenate(
-            [image_features(model, one, batch.image_grid_thw[:1])] * rows)
+        return {"cached_image_features": mx.concatenate(
+            [image_features(model, one, batch.image_grid_thw[:1])] * rows)}
+    return {}
+
+
+def input_features(model: nn.Module, batch: Batch):
+    """The model's input embeddings for `batch` (vision tower, deepstack features, M-RoPE
+    positions), evaluated now. Computed outside a gradient pass when the vision tower and
+    the embeddings are frozen, the values are the same and the tower's activations are
+    freed at once (inside the pass qwen3_vl's deepstack evaluation kept every block's)."""
+    reset_rope_state(model)
+    f = model.get_input_embeddings(batch.input_ids, batch.pixel_values,
+                                   mask=batch.attention_mask,
+                                   image_grid_thw=batch.image_grid_thw,
+                                   **_feature_kwargs(model, batch))
+    mx.eval([v for v in f.to_dict().values() if isinstance(v, mx.array)])
+    reset_rope_state(model)
+    return f
+
+
+@contextmanager
+def precomputed_inputs(model: nn.Module, features):
+    """Inside, the model uses `features` (input_features) instead of computing its input
+    embeddings: no vision tower in the traced computation."""
+    if features is None:
+        yield
+        return
+    object.__setattr__(model, "get_input_embeddings", lambda *a, **k: features)
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "get_input_embeddings")
+
+
+def _forward(model: nn.Module, batch: Batch) -> mx.array:
+    reset_rope_state(model)
     out = model(batch.input_ids, pixel_values=batch.pixel_values, mask=batch.attention_mask,
-                image_grid_thw=batch.image_grid_thw, **kwargs)
+                image_grid_thw=batch.image_grid_thw, **_feature_kwargs(model, batch))
     reset_rope_state(model)
     return getattr(out, "logits", out)
 

@@ -269,8 +269,10 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
         keep = s.layers * n * L * s.hidden * a + _layer_saved(s, n, L, a, scores)
     else:
         keep = s.layers * _layer_saved(s, n, L, a, scores)
+    # the loss pass holds a transposed copy of the output head for its matmuls
+    head_copy = s.vocab * s.hidden * a
     student = resident + max(vis_rows * _vision_transient(s, patches, a, scores),
-                             keep + n * L * s.hidden * a * 2)
+                             keep + n * L * s.hidden * a * 2 + head_copy)
     phases = {"weights": weights, "resident": resident, "rollout": rollout,
               "teacher": teacher, "student": student}
     return {"phases": phases, "peak_bytes": max(rollout, teacher, student),
@@ -418,11 +420,13 @@ def step_time(config, pred, cfg, chip: str) -> dict:
             "seconds_per_step": seconds, "flops_per_prompt": flops}
 
 
-def extrapolate(runs: list[dict]) -> dict:
-    """Per model: the per-layer slope of the measured peak between two depths and the
-    peak extrapolated to the full depth, next to plan's full-depth predictions."""
-    out = {}
-    by_model = {}
+def extrapolate(runs: list[dict], cfg=None, full_size=(1280, 960), crop_size=(120, 100)) -> dict:
+    """Per model: the per-layer slope of the measured peak between two depths, the peak
+    extrapolated linearly to the full depth (this backend, float32), and plan's full-depth
+    predictions: float32 on CPU (the same accounting, to compare) and bf16 / 4-bit on Metal."""
+    from .replicas import REAL_MODELS, text_section
+
+    out, by_model = {}, {}
     for r in runs:
         if "error_pct" in r:
             by_model.setdefault(r["model"], []).append(r)
@@ -433,14 +437,18 @@ def extrapolate(runs: list[dict]) -> dict:
         a, b = rs[0], rs[-1]
         slope = (b["measured"]["memory/peak_bytes"] - a["measured"]["memory/peak_bytes"]) / \
             (b["layers"] - a["layers"])
-        from .replicas import REAL_MODELS, text_section
-
         full = text_section(REAL_MODELS[model].config)["num_hidden_layers"]
-        out[model] = {"slope_bytes_per_layer": slope, "full_layers": full,
-                      "extrapolated_peak_bytes": b["measured"]["memory/peak_bytes"]
-                      + slope * (full - b["layers"])}
+        row = {"slope_bytes_per_layer": slope, "full_layers": full,
+               "extrapolated_peak_bytes": b["measured"]["memory/peak_bytes"]
+               + slope * (full - b["layers"])}
+        if cfg is not None:
+            for key, dtype, backend, bits in (("plan_cpu_float32", "float32", "cpu", None),
+                                              ("plan_metal_bf16", "bfloat16", "gpu", None),
+                                              ("plan_metal_4bit", "bfloat16", "gpu", 4)):
+                row[key] = predict_real(model, cfg, full_size, crop_size, dtype, backend,
+                                        bits)["peak_bytes"]
+        out[model] = row
     return out
-
 
 def format_plan(p: dict) -> str:
     """The plan as a few lines a user reads before starting a run."""
@@ -460,3 +468,29 @@ def format_plan(p: dict) -> str:
         lines.append(f"  {'combined: ' if a.get('combined') else 'try '}{a['set']} -> "
                      f"{g(a['peak_bytes'])}{' (fits)' if a['fits'] else ''}")
     return "\n".join(lines)
+
+
+def predict_real(hub_id: str, cfg, full_size, crop_size, dtype: str, backend: str,
+                 quant_bits: int | None = None) -> dict:
+    """The prediction for the full-depth real model `hub_id` (replicas.REAL_MODELS)."""
+    from .replicas import REAL_MODELS, preprocessor_config
+
+    real = REAL_MODELS[hub_id]
+    return predict(real.config, preprocessor_config(real), cfg, full_size, crop_size, dtype,
+                   backend, quant_bits)
+
+
+def fit_table(cfg, full_size=(1280, 960), crop_size=(120, 100),
+              memories=(8, 16, 24, 32, 64)) -> list[dict]:
+    """Per real model, bf16 and 4-bit on a Mac (Metal): the predicted peak and whether it
+    fits each memory size (with the FIT_FRACTION margin)."""
+    from .replicas import REAL_MODELS
+
+    rows = []
+    for hub_id in REAL_MODELS:
+        for bits in (None, 4):
+            p = predict_real(hub_id, cfg, full_size, crop_size, "bfloat16", "gpu", bits)
+            rows.append({"model": hub_id, "bits": bits or 16, "peak_bytes": p["peak_bytes"],
+                         "phases": p["phases"], "tokens": p["tokens"],
+                         "fits": {m: p["peak_bytes"] <= FIT_FRACTION * m * GIB for m in memories}})
+    return rows

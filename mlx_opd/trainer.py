@@ -188,9 +188,14 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
     full = cfg.lora.finetune == "full"
     head_trainable = full and type(head) in (nn.Linear, nn.Embedding)
     teacher_head = teacher.params.get(models.lm_head_key(model)) if full else None
+    # with LoRA the vision tower and the embeddings are frozen: their output is computed
+    # (and its activations freed) before the gradient pass, with the same values
+    frozen_inputs = not full and not cfg.lora.train_vision
+    features = models.input_features(model, s_batch) if frozen_inputs else None
 
     def objective(m):
-        student_hidden = models.response_hidden(m, s_batch)
+        with models.precomputed_inputs(m, features):
+            student_hidden = models.response_hidden(m, s_batch)
         per_token = _divergence(cfg, student_hidden, teacher_hidden, models.lm_head(m), s_batch,
                                 head_trainable, teacher_head)
         if cfg.loss.reduction == "sequence_mean":

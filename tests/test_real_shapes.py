@@ -91,3 +91,20 @@ def test_real_width_train_resume_and_export(replica):
         assert (out / ("adapter_config.json" if fmt == "peft" else "config.json")).exists()
     hf_cfg = json.loads((root / "export-hf" / "config.json").read_text())
     assert hf_cfg["hidden_size"] == 1536 and hf_cfg["vocab_size"] == 151936
+
+
+def test_real_width_quantized_replica_loads_and_answers(tmp_path):
+    """--quantize 4 goes through mlx-vlm's convert, as mlx-community's 4-bit repos do."""
+    out = tmp_path / "q4"
+    run("tiny-model", "--like", HUB_ID, "--layers", 2, "--vision-layers", 2, "--quantize", 4,
+        "--out", out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization"]["bits"] == 4 and cfg["mlx_opd_replica"]["quantized_bits"] == 4
+    assert cfg["hidden_size"] == 1536 and cfg["vocab_size"] == 151936
+    from make_benchmarks import photo
+
+    photo(3, size=(640, 480), colour="blue", box=[300, 200, 330, 228]).save(tmp_path / "p.jpg")
+    res = tmp_path / "c.json"
+    run("compare", "--model", out, "--image", tmp_path / "p.jpg", "--question", "Colour?",
+        "--box", "300,200,330,228", "--max-tokens", 2, "--json", res)
+    assert json.loads(res.read_text())["views"]["plain"]["image_tokens"] > 0
