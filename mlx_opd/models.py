@@ -350,8 +350,8 @@ def input_features(model: nn.Module, batch: Batch):
     the embeddings are frozen, the values are the same and the tower's activations are
     freed at once (inside the pass qwen3_vl's deepstack evaluation kept every block's)."""
     reset_rope_state(model)
+    # the same arguments Model.__call__ passes it (it keeps `mask` for the decoder)
     f = model.get_input_embeddings(batch.input_ids, batch.pixel_values,
-                                   mask=batch.attention_mask,
                                    image_grid_thw=batch.image_grid_thw,
                                    **_feature_kwargs(model, batch))
     mx.eval([v for v in f.to_dict().values() if isinstance(v, mx.array)])
