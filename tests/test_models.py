@@ -4,8 +4,8 @@ import json
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_unflatten
 import pytest
+from mlx.utils import tree_unflatten
 
 from mlx_opd import models
 from mlx_opd.config import PixelConfig
