@@ -95,6 +95,32 @@ def _qwen3vl_text(hidden, intermediate, tie):
             "eos_token_id": 151645}
 
 
+def _qwen2_family(family, hidden, inter, layers, heads, kv, max_pos, tie, vocab, vision):
+    """config.json of a Qwen2-VL / Qwen2.5-VL model: text parameters at the root."""
+    arch = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[family]
+    return {"architectures": [arch], "model_type": family, "hidden_size": hidden,
+            "intermediate_size": inter, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_act": "silu",
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": max_pos,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+            "tie_word_embeddings": tie, "vocab_size": vocab, **QWEN2_IDS,
+            "vision_config": vision}
+
+
+def _qwen3_family(family, text, vision, deepstack):
+    """config.json of a Qwen3-VL / Qwen3.5 model: nested text and vision configs."""
+    arch = {"qwen3_vl": "Qwen3VLForConditionalGeneration",
+            "qwen3_5": "Qwen3_5ForConditionalGeneration"}[family]
+    ids = (QWEN35_IDS | {"eos_token_id": 248046}) if family == "qwen3_5" else {
+        k: v for k, v in QWEN2_IDS.items() if k not in ("bos_token_id", "vision_token_id")}
+    return {"architectures": [arch], "model_type": family, "text_config": text,
+            "tie_word_embeddings": text["tie_word_embeddings"],
+            "vision_config": {**vision, "model_type": family,
+                              "out_hidden_size": text["hidden_size"],
+                              "deepstack_visual_indexes": deepstack}, **ids}
+
+
 @dataclass(frozen=True)
 class RealModel:
     """A model users run: its config.json (full depth), processor, template and vocabulary."""
@@ -110,78 +136,46 @@ class RealModel:
 
 
 REAL_MODELS: dict[str, RealModel] = {m.hub_id: m for m in (
-    RealModel("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", {
-        "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
-        "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-        "num_attention_heads": 12, "num_key_value_heads": 2, "hidden_act": "silu",
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
-        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-        "tie_word_embeddings": True, "vocab_size": 151936, **QWEN2_IDS,
-        "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536,
-                          "hidden_act": "quick_gelu", "mlp_ratio": 4, "num_heads": 16,
-                          "in_chans": 3, "patch_size": 14, "spatial_patch_size": 14,
-                          "spatial_merge_size": 2, "temporal_patch_size": 2}},
-        QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
-        "hub config.json (onnx-community/Qwen2-VL-2B-Instruct mirror, docs search); its "
-        "vision_config lists only hidden_size/in_chans/spatial_patch_size, the rest are the "
-        "Qwen2-VL vision defaults (transformers, mlx-vlm qwen2_vl/config.py); template: "
-        "5663404159 (Qwen2-VL-2B-Instruct tokenizer_config.json)"),
-    RealModel("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-        "num_attention_heads": 16, "num_key_value_heads": 2, "hidden_act": "silu",
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 128000,
-        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-        "tie_word_embeddings": True, "vocab_size": 151936, **QWEN2_IDS,
-        "vision_config": {**QWEN25_VISION, "out_hidden_size": 2048}},
-        QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
-        "config.json 11644284334; same template as Qwen2-VL (44407964060, 35329733314)"),
-    RealModel("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu",
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 128000,
-        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-        "tie_word_embeddings": False, "vocab_size": 152064, **QWEN2_IDS,
-        "vision_config": {**QWEN25_VISION, "out_hidden_size": 3584}},
-        QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
-        "text config 342607787 (the 7B's config.json, vendored by DiffSynth Nexus-GenV2); the "
-        "vision tower is the 3B's (11644284334) with out_hidden_size = the LM width"),
-    RealModel("Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl", {
-        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
-        "text_config": _qwen3vl_text(2560, 9728, True), "tie_word_embeddings": True,
-        "vision_config": {**QWEN3_VISION_S, "model_type": "qwen3_vl", "out_hidden_size": 2560,
-                          "deepstack_visual_indexes": [5, 11, 17]},
-        **{k: v for k, v in QWEN2_IDS.items() if k not in ("bos_token_id", "vision_token_id")}},
-        QWEN3_PROCESSOR, "qwen3_vl.jinja", "qwen3",
-        "config.json vendored in 59931867432; template 68886885721 (identical copies "
-        "56436233786, 57498282872)"),
-    RealModel("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", {
-        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
-        "text_config": _qwen3vl_text(4096, 12288, False), "tie_word_embeddings": False,
-        "vision_config": {**QWEN3_VISION_L, "model_type": "qwen3_vl", "out_hidden_size": 4096,
-                          "deepstack_visual_indexes": [8, 16, 24]},
-        **{k: v for k, v in QWEN2_IDS.items() if k not in ("bos_token_id", "vision_token_id")}},
-        QWEN3_PROCESSOR, "qwen3_vl.jinja", "qwen3",
-        "8B fine-tune config.json files that keep the base config (docs search: "
-        "Steinate/Cortex, Chhagan005/CSM-DocExtract-8N); template as Qwen3-VL-4B"),
-    RealModel("Qwen/Qwen3.5-4B", "qwen3_5", {
-        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
-        "text_config": _qwen35_text(2560, 9216, True), "tie_word_embeddings": True,
-        "vision_config": {**QWEN3_VISION_S, "model_type": "qwen3_5", "out_hidden_size": 2560,
-                          "deepstack_visual_indexes": []},
-        **QWEN35_IDS, "eos_token_id": 248046},
-        QWEN3_PROCESSOR, "qwen3_5.jinja", "qwen3_5",
-        "text: muuuuuuuuuer/qwen3.5-4b-cuda config.json (60040579543); vision and ids: the "
-        "Qwen3.5-4B-based config in 55173656222; template 52544601767 (Qwen3.5 tokenizer_config)"),
-    RealModel("Qwen/Qwen3.5-9B", "qwen3_5", {
-        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
-        "text_config": _qwen35_text(4096, 12288, False), "tie_word_embeddings": False,
-        "vision_config": {**QWEN3_VISION_L, "model_type": "qwen3_5", "out_hidden_size": 4096,
-                          "deepstack_visual_indexes": []},
-        **QWEN35_IDS, "eos_token_id": 248046},
-        QWEN3_PROCESSOR, "qwen3_5.jinja", "qwen3_5",
-        "unsloth/Qwen3.5-9B config.json vendored in 62739017613; template as Qwen3.5-4B"),
+    RealModel("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl",
+              _qwen2_family("qwen2_vl", 1536, 8960, 28, 12, 2, 32768, True, 151936, {
+                  "depth": 32, "embed_dim": 1280, "hidden_size": 1536, "hidden_act": "quick_gelu",
+                  "mlp_ratio": 4, "num_heads": 16, "in_chans": 3, "patch_size": 14,
+                  "spatial_patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}),
+              QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
+              "hub config.json (onnx-community/Qwen2-VL-2B-Instruct mirror, docs search); its "
+              "vision_config lists only hidden_size/in_chans/spatial_patch_size, the rest are the "
+              "Qwen2-VL vision defaults (transformers, mlx-vlm qwen2_vl/config.py); template: "
+              "5663404159 (Qwen2-VL-2B-Instruct tokenizer_config.json)"),
+    RealModel("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl",
+              _qwen2_family("qwen2_5_vl", 2048, 11008, 36, 16, 2, 128000, True, 151936,
+                            {**QWEN25_VISION, "out_hidden_size": 2048}),
+              QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
+              "config.json 11644284334; same template as Qwen2-VL (44407964060, 35329733314)"),
+    RealModel("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl",
+              _qwen2_family("qwen2_5_vl", 3584, 18944, 28, 28, 4, 128000, False, 152064,
+                            {**QWEN25_VISION, "out_hidden_size": 3584}),
+              QWEN2_PROCESSOR, "qwen2_vl.jinja", "qwen2",
+              "text config 342607787 (the 7B's config.json, vendored by DiffSynth Nexus-GenV2); "
+              "the vision tower is the 3B's (11644284334) with out_hidden_size = the LM width"),
+    RealModel("Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl",
+              _qwen3_family("qwen3_vl", _qwen3vl_text(2560, 9728, True), QWEN3_VISION_S, [5, 11, 17]),
+              QWEN3_PROCESSOR, "qwen3_vl.jinja", "qwen3",
+              "config.json vendored in 59931867432; template 68886885721 (identical copies "
+              "56436233786, 57498282872)"),
+    RealModel("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl",
+              _qwen3_family("qwen3_vl", _qwen3vl_text(4096, 12288, False), QWEN3_VISION_L, [8, 16, 24]),
+              QWEN3_PROCESSOR, "qwen3_vl.jinja", "qwen3",
+              "8B fine-tune config.json files that keep the base config (docs search: "
+              "Steinate/Cortex, Chhagan005/CSM-DocExtract-8N); template as Qwen3-VL-4B"),
+    RealModel("Qwen/Qwen3.5-4B", "qwen3_5",
+              _qwen3_family("qwen3_5", _qwen35_text(2560, 9216, True), QWEN3_VISION_S, []),
+              QWEN3_PROCESSOR, "qwen3_5.jinja", "qwen3_5",
+              "text: muuuuuuuuuer/qwen3.5-4b-cuda config.json (60040579543); vision and ids: the "
+              "Qwen3.5-4B-based config in 55173656222; template 52544601767 (Qwen3.5 tokenizer_config)"),
+    RealModel("Qwen/Qwen3.5-9B", "qwen3_5",
+              _qwen3_family("qwen3_5", _qwen35_text(4096, 12288, False), QWEN3_VISION_L, []),
+              QWEN3_PROCESSOR, "qwen3_5.jinja", "qwen3_5",
+              "unsloth/Qwen3.5-9B config.json vendored in 62739017613; template as Qwen3.5-4B"),
 )}
 
 
