@@ -630,7 +630,7 @@ def _eval_compare(before_path, after_path, out):
              f"{Path(before_path).name} -> {Path(after_path).name}")
     click.echo(format_table(rows, title))
     if out:
-        from .bench.cache import write_json
+        from .files import write_json_atomically
 
         out = Path(out)
         if out.exists():
@@ -642,7 +642,7 @@ def _eval_compare(before_path, after_path, out):
                 _fail(OSError(f"{out} exists and is not a comparison mlx-opd wrote; choose "
                               "another --out (nothing was overwritten)"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
+        write_json_atomically(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
                          "after": str(after_path), "benchmark": after.get("benchmark"),
                          "rows": rows})
         compare_chart(rows, out.with_suffix(".png"), title)

@@ -99,10 +99,11 @@ def box_to_xyxy(box: Any, fmt: str, size: tuple[int, int], where: str) -> tuple[
     return (x1, y1, min(x2, float(w)), min(y2, float(h)))
 
 
-def _need(row: dict, key: str, where: str, hint: str = "") -> Any:
+def need(row: dict, key: str, where: str, hint: str = "") -> Any:
+    """row[key], or a DataError naming the field, the row's own fields and the fix."""
     if key not in row or row[key] is None or row[key] == "":
-        raise DataError(f"row is missing the field {key!r}", where,
-                        hint or f"add \"{key}\" to the row (keys: {', '.join(FIELDS)})")
+        raise DataError(f"row is missing the field {key!r} (it has: {', '.join(map(str, row))})",
+                        where, hint or f"add \"{key}\" to the row (keys: {', '.join(FIELDS)})")
     return row[key]
 
 
@@ -131,11 +132,11 @@ def _image_ref(value: Any, base: Path, where: str, key: str) -> ImageRef:
 
 def make_sample(row: dict, base: Path, where: str, default_box_format: str = "xyxy") -> Sample:
     """Build and validate a Sample from a row in our JSONL field names."""
-    image = _image_ref(_need(row, "image", where), base, where, "image")
-    question = _need(row, "question", where)
+    image = _image_ref(need(row, "image", where), base, where, "image")
+    question = need(row, "question", where)
     if not isinstance(question, str):
         raise DataError(f"question must be text, got {type(question).__name__}", where, "")
-    box_raw = _need(row, "box", where)
+    box_raw = need(row, "box", where)
     fmt = row.get("box_format") or default_box_format
     box = box_to_xyxy(box_raw, fmt, image_size(image, where), where)
     options = row.get("options")
@@ -160,9 +161,9 @@ _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 
 def make_vision_opd_sample(row: dict, base: Path, where: str) -> Sample:
     """A row in the authors' Vision-OPD-6K layout (boxed image, crop, complete problem)."""
-    image = _image_ref(_need(row, "images", where), base, where, "images")
-    teacher = _image_ref(_need(row, "teacher_images", where), base, where, "teacher_images")
-    problem = _IMAGE_PLACEHOLDER.sub("", _need(row, "problem", where)).strip()
+    image = _image_ref(need(row, "images", where), base, where, "images")
+    teacher = _image_ref(need(row, "teacher_images", where), base, where, "teacher_images")
+    problem = _IMAGE_PLACEHOLDER.sub("", need(row, "problem", where)).strip()
     size = image_size(image, where)
     image_size(teacher, where)
     extra = row.get("extra_info") or {}

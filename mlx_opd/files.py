@@ -49,6 +49,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_json_atomically(path: Path, obj: dict) -> None:
+    """One JSON file, written to a temporary sibling, fsynced and renamed into place: a
+    reader sees the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_marker(folder: Path, kind: str) -> None:
     from . import __version__
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..files import OutputExistsError, move_aside
+from ..metrics import read
 
 KIND = "mlx-opd benchmark eval"
 
@@ -23,28 +24,10 @@ def paths(out: Path) -> tuple[Path, Path, Path]:
     return out, out.with_suffix(".jsonl"), out.with_suffix(".png")
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Atomically: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _rows(path: Path) -> list[dict]:
-    """Every complete line; a line cut short by a kill is dropped."""
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "id" in row and "view" in row:
-                rows.append(row)
-    return rows
+    """Every complete row; a line cut short by a kill is dropped (metrics.read)."""
+    return [r for r in (read(path) if path.exists() else [])
+            if isinstance(r, dict) and "id" in r and "view" in r]
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import need
 from .item import BenchItem, Benchmark, lettered_lines
-from .source import feature_image, need, parquet_count, parquet_files, parquet_rows
+from .source import feature_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = "test_2d.parquet and test_3d.parquet as on nyu-visionx/CV-Bench"
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def read(root: Path):
@@ -27,11 +29,11 @@ def read(root: Path):
 
     def items():
         for where, row in parquet_rows(files):
-            yield BenchItem(id=f"{row.get('type', '')}-{need(row, 'idx', where, LAYOUT)}",
-                            image=feature_image(need(row, "image", where, LAYOUT), where, base),
-                            question=str(need(row, "question", where, LAYOUT)).strip(),
-                            options=tuple(str(c) for c in need(row, "choices", where, LAYOUT)),
-                            answer=str(need(row, "answer", where, LAYOUT)).strip().strip("()").upper(),
+            yield BenchItem(id=f"{row.get('type', '')}-{need(row, 'idx', where, FIX)}",
+                            image=feature_image(need(row, "image", where, FIX), where, base),
+                            question=str(need(row, "question", where, FIX)).strip(),
+                            options=tuple(str(c) for c in need(row, "choices", where, FIX)),
+                            answer=str(need(row, "answer", where, FIX)).strip().strip("()").upper(),
                             category=str(row.get("task") or "all"), where=where,
                             extra={"type": row.get("type"), "source": row.get("source")})
     return parquet_count(files), items()

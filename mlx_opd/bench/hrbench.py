@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import need
 from .item import LETTERS, BenchItem, Benchmark, lettered_lines
-from .source import base64_image, need, parquet_count, parquet_files, parquet_rows
+from .source import base64_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = "hr_bench_4k.parquet / hr_bench_8k.parquet as on DreamMr/HR-Bench"
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def _reader(split: str):
@@ -27,11 +29,11 @@ def _reader(split: str):
         def items():
             for where, row in parquet_rows(files):
                 options = tuple(str(row[c]) for c in LETTERS[:4] if row.get(c) not in (None, ""))
-                yield BenchItem(id=str(need(row, "index", where, LAYOUT)),
-                                image=base64_image(need(row, "image", where, LAYOUT), where),
-                                question=str(need(row, "question", where, LAYOUT)).strip(),
+                yield BenchItem(id=str(need(row, "index", where, FIX)),
+                                image=base64_image(need(row, "image", where, FIX), where),
+                                question=str(need(row, "question", where, FIX)).strip(),
                                 options=options,
-                                answer=str(need(row, "answer", where, LAYOUT)).strip().upper(),
+                                answer=str(need(row, "answer", where, FIX)).strip().upper(),
                                 category=str(row.get("category") or "all"), where=where,
                                 extra={"cycle_category": row.get("cycle_category")})
         return parquet_count(files), items()

@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data import need
 from .item import BenchItem, Benchmark
-from .source import base64_image, need, parquet_count, parquet_files, parquet_rows
+from .source import base64_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = ("data/*.parquet as on yifanzhang114/MME-RealWorld-lite-lmms-eval (columns index, "
           "question, multi-choice options, answer, category, l2-category, bytes)")
+FIX = f"use the published layout: {LAYOUT}"
 OPTIONS = "multi-choice options"
 EN_TAIL = ("Select the best answer to the above multiple-choice question based on the image. "
            "Respond with only the letter (A, B, C, D, or E) of the correct option.\n"
@@ -36,12 +38,12 @@ def read(root: Path):
 
     def items():
         for where, row in parquet_rows(files):
-            raw = tuple(str(o) for o in need(row, OPTIONS, where, LAYOUT))
-            yield BenchItem(id=str(need(row, "index", where, LAYOUT)),
-                            image=base64_image(need(row, "bytes", where, LAYOUT), where),
-                            question=str(need(row, "question", where, LAYOUT)),
+            raw = tuple(str(o) for o in need(row, OPTIONS, where, FIX))
+            yield BenchItem(id=str(need(row, "index", where, FIX)),
+                            image=base64_image(need(row, "bytes", where, FIX), where),
+                            question=str(need(row, "question", where, FIX)),
                             options=tuple(_LETTER_PREFIX.sub("", o) for o in raw),
-                            answer=str(need(row, "answer", where, LAYOUT)).strip().strip("()").upper(),
+                            answer=str(need(row, "answer", where, FIX)).strip().strip("()").upper(),
                             category=str(row.get("category") or "all"), where=where,
                             extra={"raw_options": raw, "task": row.get("l2-category")})
     return parquet_count(files), items()

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import need
 from ..errors import DataError
 from .item import LETTERS, BenchItem, Benchmark
-from .source import feature_image, need, parquet_count, parquet_files, parquet_rows
+from .source import feature_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = "mmstar.parquet as on Lin-Chen/MMStar"
 _MARK = "\nOptions: "
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def split_options(text: str, where: str) -> tuple[str, tuple[str, ...]]:
@@ -49,11 +51,11 @@ def read(root: Path):
 
     def items():
         for where, row in parquet_rows(files):
-            question, options = split_options(str(need(row, "question", where, LAYOUT)), where)
-            yield BenchItem(id=str(need(row, "index", where, LAYOUT)),
-                            image=feature_image(need(row, "image", where, LAYOUT), where, base),
+            question, options = split_options(str(need(row, "question", where, FIX)), where)
+            yield BenchItem(id=str(need(row, "index", where, FIX)),
+                            image=feature_image(need(row, "image", where, FIX), where, base),
                             question=question, options=options,
-                            answer=str(need(row, "answer", where, LAYOUT)).strip().upper(),
+                            answer=str(need(row, "answer", where, FIX)).strip().upper(),
                             category=str(row.get("category") or "all"), where=where,
                             extra={"l2_category": row.get("l2_category")})
     return parquet_count(files), items()

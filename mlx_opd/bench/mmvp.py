@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data import need
 from ..errors import DataError
 from .item import BenchItem, Benchmark
-from .source import csv_rows, need
+from .source import csv_rows
 
 LAYOUT = "Questions.csv and 'MMVP Images/N.jpg', as on MMVP/MMVP"
 _OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)", re.IGNORECASE)
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def parse_options(raw: str) -> tuple[str, ...]:
@@ -35,11 +37,11 @@ def read(root: Path):
 
     def items():
         for where, row in rows:
-            index = str(need(row, "Index", where, LAYOUT)).strip()
-            raw = str(need(row, "Options", where, LAYOUT))
-            answer = str(need(row, "Correct Answer", where, LAYOUT)).strip().strip("()").upper()
+            index = str(need(row, "Index", where, FIX)).strip()
+            raw = str(need(row, "Options", where, FIX))
+            answer = str(need(row, "Correct Answer", where, FIX)).strip().strip("()").upper()
             yield BenchItem(id=index, image=images / f"{index}.jpg",
-                            question=str(need(row, "Question", where, LAYOUT)).strip(),
+                            question=str(need(row, "Question", where, FIX)).strip(),
                             options=parse_options(raw), answer=answer, category="all",
                             where=where, extra={"raw_options": raw.strip(),
                                                 "pair": (int(index) - 1) // 2})

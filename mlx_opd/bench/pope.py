@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import need
 from .item import BenchItem, Benchmark
-from .source import feature_image, need, parquet_count, parquet_files, parquet_rows
+from .source import feature_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = "data/test-*.parquet as on lmms-lab/POPE"
 INSTRUCTION = "Answer the question using a single word or phrase."
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def read(root: Path):
@@ -24,10 +26,10 @@ def read(root: Path):
 
     def items():
         for where, row in parquet_rows(files):
-            yield BenchItem(id=str(need(row, "question_id", where, LAYOUT)),
-                            image=feature_image(need(row, "image", where, LAYOUT), where, base),
-                            question=str(need(row, "question", where, LAYOUT)).strip(),
-                            answer=str(need(row, "answer", where, LAYOUT)).strip().lower(),
+            yield BenchItem(id=str(need(row, "question_id", where, FIX)),
+                            image=feature_image(need(row, "image", where, FIX), where, base),
+                            question=str(need(row, "question", where, FIX)).strip(),
+                            answer=str(need(row, "answer", where, FIX)).strip().lower(),
                             category=str(row.get("category") or "all"), where=where,
                             extra={"image_source": row.get("image_source")})
     return parquet_count(files), items()

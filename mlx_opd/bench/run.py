@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..config import PixelConfig, ViewConfig
 from ..errors import DataError
+from ..files import write_json_atomically
 from ..metrics import format_eta
 from . import answers
-from .cache import KIND, RowWriter, open_cache, paths, write_json
+from .cache import KIND, RowWriter, open_cache, paths
 from .item import BenchItem, Benchmark
 from .scores import summarize
 
@@ -134,7 +135,7 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
         log(f"resumed: {len(cached)} cached answers in {rows_path} are reused")
     header = {"kind": KIND, "status": "running", "benchmark": bench.name, "title": bench.title,
               "settings": settings.as_dict()}
-    write_json(summary_path, header)
+    write_json_atomically(summary_path, header)
     progress = progress or BenchProgress(bench.name, target)
     writer, rows, reused, seconds, t_start = RowWriter(rows_path), [], 0, 0.0, time.perf_counter()
     try:
@@ -170,7 +171,7 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
                **summarize(rows, settings.views, bench.answer_kind)}
     if judged is not None:
         summary["judge"] = judged
-    write_json(summary_path, summary)
+    write_json_atomically(summary_path, summary)
     from .report import accuracy_chart
 
     accuracy_chart(summary, chart_path)

@@ -76,14 +76,6 @@ def csv_rows(path: Path) -> list[tuple[str, dict]]:
         return [(f"{path}:{n}", row) for n, row in enumerate(csv.DictReader(f), 2)]
 
 
-def need(row: dict, key: str, where: str, layout: str = ""):
-    v = row.get(key)
-    if v is None or v == "":
-        raise DataError(f"row has no {key!r} field (columns: {', '.join(map(str, row))})",
-                        where, f"use the benchmark's published layout{': ' + layout if layout else ''}")
-    return v
-
-
 def base64_image(value, where: str) -> bytes:
     """Images stored as base64 text (HR-Bench, MME-RealWorld's lmms-eval parquet)."""
     if isinstance(value, (bytes, bytearray)):

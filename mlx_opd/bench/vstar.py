@@ -26,15 +26,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data import jsonl_rows
+from ..data import jsonl_rows, need
 from ..errors import DataError
 from .item import LETTERS, BenchItem, Benchmark, lettered_lines
-from .source import need
 
 CATEGORIES = ("direct_attributes", "relative_position")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LAYOUT = ("direct_attributes/ and relative_position/ (NAME.jpg + NAME.json) and "
           "test_questions.jsonl, as on craigwu/vstar_bench")
+FIX = f"use the published layout: {LAYOUT}"
 
 
 def split_lettered(text: str, where: str) -> tuple[str, tuple[str, ...]]:
@@ -108,10 +108,10 @@ def read(root: Path):
 
         def from_jsonl():
             for where, row in rows:
-                rel = need(row, "image", where, LAYOUT)
+                rel = need(row, "image", where, FIX)
                 image = root / rel
-                question, options = split_lettered(need(row, "text", where, LAYOUT), where)
-                label = str(need(row, "label", where, LAYOUT)).strip().strip("()").upper()
+                question, options = split_lettered(need(row, "text", where, FIX), where)
+                label = str(need(row, "label", where, FIX)).strip().strip("()").upper()
                 category = row.get("category") or Path(rel).parent.name
                 yield BenchItem(id=str(row.get("question_id", rel)), image=image,
                                 question=question, options=options, answer=label,
@@ -129,8 +129,8 @@ def read(root: Path):
             if ann is None:
                 raise DataError("image has no annotation file beside it", where, LAYOUT)
             item_id = f"{image.parent.name}/{image.stem}"
-            options, label = rotate_correct_first(item_id, list(need(ann, "options", where)))
-            yield BenchItem(id=item_id, image=image, question=need(ann, "question", where),
+            options, label = rotate_correct_first(item_id, list(need(ann, "options", where, FIX)))
+            yield BenchItem(id=item_id, image=image, question=need(ann, "question", where, FIX),
                             options=options, answer=label, category=image.parent.name,
                             where=where, box=_box_for(image, where),
                             extra={"image": f"{image.parent.name}/{image.name}"})
