@@ -78,8 +78,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
                  need: str = "config.json", revision: str | None = None) -> Path:
     """A local folder as is; a hub id (ORG/NAME) from the local cache or downloaded
-    (`allow_patterns`: only those files). Errors name the model and say how to fix it,
-    whatever the hub client raised."""
+    (`allow_patterns`: only those files), at `revision` when it is a hub revision (a
+    local folder's fingerprint, "local:...", pins nothing). Errors name the model and say
+    how to fix it, whatever the hub client raised."""
+    if str(revision or "").startswith("local:"):
+        revision = None
     p = Path(model).expanduser()
     if p.exists():
         if need and not (p / need).exists():
@@ -106,13 +109,12 @@ def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
             "), check the id's spelling, or pass a local model folder") from None
 
 
-def compute_dtype(requested: str = "auto", device=None) -> mx.Dtype | None:
+def compute_dtype(requested: str = "auto") -> mx.Dtype | None:
     """The dtype float weights are cast to after loading, or None to keep the checkpoint's.
     "auto": float32 on the CPU backend (its bf16/fp16 matmuls are ~20x slower than fp32),
     the checkpoint's own dtype on Metal and CUDA, where half precision is the fast path."""
     if requested == "auto":
-        device = device or mx.default_device()
-        return mx.float32 if device.type == mx.DeviceType.cpu else None
+        return mx.float32 if mx.default_device().type == mx.DeviceType.cpu else None
     names = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
     if requested not in names:
         raise ValueError(f"dtype must be auto, {', '.join(names)}; got {requested!r}")
@@ -139,8 +141,7 @@ def load(model: str | Path, adapter_path: str | Path | None = None,
     are cast to `compute_dtype(dtype)` (quantized weights stay quantized)."""
     from mlx_vlm import load as vlm_load
 
-    path = resolve_path(model, revision=None if str(revision or "").startswith("local:")
-                        else revision)
+    path = resolve_path(model, revision=revision)
     config = json.loads((path / "config.json").read_text())
     family = check_family(config.get("model_type"), where=str(path / "config.json"))
     if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():

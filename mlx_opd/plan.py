@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 GIB = 1 << 30
@@ -59,10 +60,8 @@ class Shapes:
     vision_heads: int
     patch: int
     merge: int
-    windowed_blocks: int        # vision blocks with window attention (Qwen2.5-VL)
     linear_layers: int          # gated-delta layers (Qwen3.5)
     linear_state: int           # elements of one row's recurrent state per linear layer
-    deepstack: int
 
 
 def shapes_of(config: dict) -> Shapes:
@@ -79,8 +78,6 @@ def shapes_of(config: dict) -> Shapes:
         v_inter = int(v_hidden * vis.get("mlp_ratio", 4))
     else:
         v_hidden, v_inter = vis["hidden_size"], vis["intermediate_size"]
-    windowed = depth - len([i for i in vis.get("fullatt_block_indexes", []) if i < depth]) \
-        if family == "qwen2_5_vl" else 0
     linear, state = 0, 0
     if family == "qwen3_5":
         k = text.get("full_attention_interval", 4)
@@ -92,17 +89,21 @@ def shapes_of(config: dict) -> Shapes:
                   text["vocab_size"], bool(config.get("tie_word_embeddings",
                                                       text.get("tie_word_embeddings", False))),
                   depth, v_hidden, v_inter, vis["num_heads"], vis["patch_size"],
-                  vis.get("spatial_merge_size", 2), windowed, linear, state,
-                  len(vis.get("deepstack_visual_indexes") or []))
+                  vis.get("spatial_merge_size", 2), linear, state)
 
 
 def param_counts(config: dict) -> dict:
     """Exact parameter counts by part, from mlx-vlm's own model class (shapes only:
-    nothing is allocated)."""
+    nothing is allocated). Cached: `advice` predicts the same model a dozen times."""
+    return dict(_param_counts(json.dumps(config, sort_keys=True)))
+
+
+@lru_cache(maxsize=8)
+def _param_counts(config_json: str) -> tuple:
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
 
-    cfg = json.loads(json.dumps(config))
+    cfg = json.loads(config_json)
     cfg.pop("quantization", None)
     cfg.pop("quantization_config", None)
     model_class, _ = get_model_and_args(cfg)
@@ -130,7 +131,7 @@ def param_counts(config: dict) -> dict:
             counts["vision"] += n
         else:
             counts["other"] += n
-    return counts
+    return tuple(counts.items())
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int,

@@ -222,9 +222,7 @@ def check_base(cfg: TrainConfig, resume: bool) -> TrainConfig:
     """cfg with model.revision set to the base it resolves to; a resume whose recorded base
     is no longer what model.path resolves to stops with what changed (before loading)."""
     recorded = cfg.model.revision
-    hub_rev = None if str(recorded or "").startswith("local:") else recorded
-    path = models.resolve_path(cfg.model.path, revision=hub_rev)
-    now = models.base_identity(path)
+    now = models.base_identity(models.resolve_path(cfg.model.path, revision=recorded))
     if resume and recorded and now != recorded:
         raise ConfigError(
             f"the base model changed since this run started: RUN_DIR/config.yaml records "

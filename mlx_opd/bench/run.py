@@ -77,8 +77,8 @@ def _row_extra(item: BenchItem) -> dict:
 
 def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelConfig,
                 view_cfg: ViewConfig, max_tokens: int) -> list[dict]:
-    """One row per view: the greedy answer, what the rules read from it, and whether it
-    is right. The crop view is skipped for items without an evidence box."""
+    """One row per view in `views` (the caller drops the crop view for items without an
+    evidence box): the greedy answer, what the rules read from it, and whether it is right."""
     from .. import models
     from ..images import open_rgb
     from ..views import crop_box
@@ -87,8 +87,6 @@ def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelC
     text = bench.prompt(item)
     rows = []
     for v in views:
-        if v == "teacher" and item.box is None:
-            continue
         t0 = time.perf_counter()
         img = image if v == "plain" else crop_box(image, item.box, view_cfg)
         enc = models.encode(loaded, img, text, pixels.for_view(v))
@@ -109,11 +107,9 @@ class BenchProgress:
 
     def __init__(self, name: str, total: int, stream=sys.stderr):
         self.name, self.total, self.stream = name, total, stream
-        self.computed, self.seconds = 0, 0.0
 
     def __call__(self, done: int, reused: int, seconds: float, acc: float | None) -> None:
-        self.computed = done - reused
-        per = seconds / max(self.computed, 1)
+        per = seconds / max(done - reused, 1)  # the time of the samples answered now
         line = (f"{self.name} {done}/{self.total} ({reused} cached) | {per:.1f} s/sample | "
                 f"ETA {format_eta(per * (self.total - done))}")
         if acc is not None:
