@@ -332,7 +332,7 @@ def _memory_check(cfg, memory_gb):
 @main.command("plan")
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML file (keys = config fields).")
 @click.option("--model", help="Hub id or local folder (model.path); only its config is read.")
-@click.option("--data", help="Training data (data.path); only image headers are read.")
+@click.option("--data", help="Training data (data.path); its first 64 samples are read (no model weights).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config field.")
 @click.option("--memory-gb", type=float, default=None,

@@ -54,3 +54,12 @@ def open_rgb(ref: ImageRef, where: str = "") -> Image.Image:
 def image_size(ref: ImageRef, where: str = "") -> tuple[int, int]:
     """(width, height) of an image, checking it decodes."""
     return open_rgb(ref, where).size
+
+
+def header_size(ref: ImageRef) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding its pixels (for a
+    reference already validated, e.g. by data.read_samples)."""
+    if isinstance(ref, Image.Image):
+        return ref.size
+    with Image.open(ref if isinstance(ref, Path) else io.BytesIO(ref)) as im:
+        return im.size

@@ -174,20 +174,20 @@ def image_tokens(size: tuple[int, int], s: Shapes, bounds: tuple[int, int],
 
 def data_sizes(cfg, limit: int = 64) -> tuple[tuple[int, int], tuple[int, int]]:
     """The largest full image and the largest teacher crop (after zoom) among the first
-    `limit` samples, read from the image headers only."""
+    `limit` samples (read and validated as training reads them; sizes from the headers)."""
     import dataclasses
 
     from .data import read_samples
-    from .images import image_size
+    from .images import header_size
 
     samples, _ = read_samples(dataclasses.replace(cfg.data, limit=limit))
     full, crop = (0, 0), (0, 0)
     for s in samples:
-        w, h = image_size(s.image, s.where)
+        w, h = header_size(s.image)
         if w * h > full[0] * full[1]:
             full = (w, h)
         if s.teacher_image is not None:
-            cw, ch = image_size(s.teacher_image, s.where)
+            cw, ch = header_size(s.teacher_image)
         elif s.box is not None:
             z = cfg.views.zoom * (1 + 2 * cfg.views.crop_margin)
             cw, ch = (max(cfg.views.min_crop_side, round((s.box[2] - s.box[0]) * z)),
@@ -291,8 +291,9 @@ def _read_json(path: Path) -> dict:
 
 def plan(cfg, memory_gb: float | None = None, chip: str | None = None,
          dtype: str = "auto", backend: str | None = None) -> dict:
-    """The prediction for a training config, with the fit verdict and advice. Reads only
-    config files and image headers (a hub model's config.json is fetched alone)."""
+    """The prediction for a training config, with the fit verdict and advice. Reads the
+    model's config files (a hub model's *.json are fetched alone, no weights) and the
+    first samples of the data."""
     from .models import resolve_path
 
     path = resolve_path(cfg.model.path, allow_patterns=["*.json"])
@@ -370,23 +371,25 @@ def advice(config, processor, cfg, full, crop, dtype, backend, quant, total) -> 
         if m < cfg.rollout.max_tokens:
             tries.append((f"rollout.max_tokens={m}", dataclasses.replace(
                 cfg, rollout=dataclasses.replace(cfg.rollout, max_tokens=m))))
-    out = [{"set": k, "peak_bytes": peak(c), "fits": peak(c) <= limit} for k, c in tries]
+    out = [{"set": k, "peak_bytes": (p := peak(c)), "fits": p <= limit} for k, c in tries]
+    quant_dtype = "bfloat16" if backend != "cpu" else dtype
     if not quant:
-        p = predict(config, processor, cfg, full, crop, "bfloat16" if backend != "cpu" else dtype,
-                    backend, 4)["peak_bytes"]
+        p = peak(cfg, quant_dtype, 4)
         out.append({"set": "a 4-bit base (mlx-community ...-4bit)", "peak_bytes": p,
                     "fits": p <= limit})
-    # combined: the first memory settings together, until it fits
-    combined, c = {}, cfg
+    # combined: the settings above together, until it fits; then a 4-bit base with them
+    combined, c, p = {}, cfg, peak(cfg)
     for k, ci in tries:  # later values of a key replace earlier ones (max_pixels steps)
         combined[k.split("=")[0]] = k
         c = _merge(c, ci, cfg)
-        if peak(c) <= limit:
+        if (p := peak(c)) <= limit:
             break
-    out.append({"set": " ".join(f"--set {k}" for k in combined.values()), "peak_bytes": peak(c),
-                "fits": peak(c) <= limit, "combined": True})
+    text = " ".join(f"--set {k}" for k in combined.values())
+    if p > limit and not quant:
+        p = peak(c, quant_dtype, 4)
+        text += " with a 4-bit base (mlx-community ...-4bit)"
+    out.append({"set": text, "peak_bytes": p, "fits": p <= limit, "combined": True})
     return out
-
 
 def _merge(acc, changed, base):
     """acc with whatever `changed` changed relative to `base`."""
