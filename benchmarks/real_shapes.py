@@ -64,9 +64,13 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(REAL_MODELS))
     ap.add_argument("--layers", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--fit-table", action="store_true",
+                    help="Print the README's 'Will it fit my Mac?' table (plan only).")
     ap.add_argument("--repredict", action="store_true",
                     help="Recompute plan's predictions for the runs in --json (no measuring).")
     args = ap.parse_args()
+    if args.fit_table:
+        return print(fit_table_markdown())
     if args.repredict:
         return repredict(Path(args.json))
     out_path = Path(args.json)
@@ -114,6 +118,27 @@ def main():
     results["extrapolated"] = planner.extrapolate(results["runs"], cfg, (1280, 960), crop)
     out_path.write_text(json.dumps(results, indent=2))
     print(f"wrote {out_path}")
+
+
+def fit_table_markdown(memories=(8, 16, 24, 32, 64)) -> str:
+    """The README table: plan's Metal peaks for every real model at n = 8, 256 tokens,
+    checkpointing, at default pixels and at max_pixels 401408."""
+    from mlx_opd.plan import GIB, fit_table
+
+    base = {"memory.grad_checkpoint": True}
+    a = fit_table(load_train_config(None, base), memories=memories)
+    b = fit_table(load_train_config(None, {**base, "pixels.max_pixels": 401408}), memories=memories)
+    lines = ["| model | weights | peak, default pixels | peak, max_pixels 401408 | "
+             + " | ".join(f"{m} GB" for m in memories) + " |",
+             "|---|---|---|---|" + "---|" * len(memories)]
+    for x, y in zip(a, b):
+        name = x["model"].split("/")[1] + (" 4-bit" if x["bits"] == 4 else " bf16")
+        cells = ["yes" if x["fits"][m] else "reduced pixels" if y["fits"][m] else "no"
+                 for m in memories]
+        lines.append(f"| {name} | {x['phases']['weights'] / GIB:.1f} GiB | "
+                     f"{x['peak_bytes'] / GIB:.1f} GiB | {y['peak_bytes'] / GIB:.1f} GiB | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def repredict(path: Path) -> None:
