@@ -269,6 +269,13 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    # true: each prompt runs once and its n responses continue from it (prefix.py);
+    # false: the reference path, the prompt repeated in every row (same values)
+    shared_prefix: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -281,6 +288,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
 
 class ConfigError(ValueError):

@@ -49,10 +49,11 @@ def report(measure: bool = True) -> dict:
 
 def loss_kernel_report() -> dict:
     """Which divergence path `loss_backend=auto` uses here, with each kernel's self-check."""
+    from .loss import kernel_self_check
     from .metal import kernels
 
     have = kernels.available()
-    checks = {b: kernels.self_check(b) for b in have}
+    checks = {b: kernel_self_check(b) for b in have}
     chosen = next((b for b in have if checks[b]["ok"]), "mlx")
     return {"available": have, "self_check": checks, "auto_uses": chosen}
 

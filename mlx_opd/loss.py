@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .config import ESTIMATORS, LOSS_KINDS, STEP_REDUCTIONS
+from .metal import kernels
 
 KINDS = LOSS_KINDS
 REDUCTIONS = STEP_REDUCTIONS + ("none",)
@@ -160,57 +161,64 @@ def _scaled(x: mx.array, inv_temp: float) -> mx.array:
     return x if inv_temp == 1.0 else x * inv_temp
 
 
-def _make_topk_rows(spec: DivergenceSpec):
-    """custom_function (student [R,V], teacher [R,V], ids [R,K]) -> (loss [R], saved...).
+def _topk_side(spec: DivergenceSpec):
+    """(z [R,V], ids [R,K]) -> (bucket log-probs [R, K(+1)], lse [R]) of one side.
 
-    Per side, the forward makes ONE exp-pass over the vocabulary (the CPU's bottleneck):
-    lse_rest = logsumexp over the ids outside the top-K, then the full normaliser
-    lse = logaddexp(lse_rest, lse_K) from the K gathered logits, and the exact tail
-    log-prob lse_rest - lse. Renormalised top-K needs no full pass at all: its buckets
-    are u_K - lse_K.
-    """
+    ONE exp-pass over the vocabulary (the CPU's bottleneck): lse_rest = logsumexp over
+    the ids outside the top-K, then lse = logaddexp(lse_rest, lse_K) from the K gathered
+    logits, and the exact tail log-prob lse_rest - lse (floored). Renormalised top-K
+    (tail=False) needs no full pass: its buckets are u_K - lse_K."""
+    inv_temp, tail, log_floor = 1.0 / spec.temperature, spec.tail, spec.log_tail_floor
+
+    def side(z, ids):
+        u_k = _scaled(mx.take_along_axis(z, ids, -1), inv_temp)  # gather, then scale
+        lse_k = mx.logsumexp(u_k, -1)
+        if not tail:
+            return u_k - lse_k[:, None], lse_k
+        rest = mx.put_along_axis(_scaled(z, inv_temp), ids, mx.array(-mx.inf), axis=-1)
+        lse_rest = mx.logsumexp(rest, -1)
+        lse = mx.logaddexp(lse_rest, lse_k)
+        t = mx.maximum(lse_rest - lse, log_floor)
+        return mx.concatenate([u_k - lse[:, None], t[:, None]], -1), lse
+
+    return side
+
+
+def teacher_buckets(teacher_logits: mx.array, ids: mx.array, spec: DivergenceSpec) -> mx.array:
+    """The teacher's bucket log-probs [R, K(+1)] at the student's top-K `ids` (tail last):
+    all the top-K divergence needs from the teacher, computed once in the forward pass
+    and kept for the backward (no second teacher head pass)."""
+    side = _topk_side(spec)
+    return mx.concatenate(chunked(lambda z, i: side(z, i)[0],
+                                  [mx.stop_gradient(teacher_logits), ids], ROW_CHUNK))
+
+
+def _make_topk_rows(spec: DivergenceSpec):
+    """custom_function (student [R,V], teacher buckets [R,K(+1)], ids [R,K]) ->
+    (loss [R], student lse [R], student tail log-prob [R]). The teacher enters only
+    through its bucket log-probs (`teacher_buckets`)."""
     inv_temp, direction, beta, tail = 1.0 / spec.temperature, spec.direction, spec.beta, spec.tail
     log_floor = spec.log_tail_floor
+    side = _topk_side(spec)
 
-    def gather(z, ids):  # gather first, then scale: no [R, V] temporary
-        return _scaled(mx.take_along_axis(z, ids, -1), inv_temp)
-
-    def normalisers(zs, zt, ids):
-        """(lse_s, lse_t, tails [R, 2]) for one chunk of rows."""
-        us_k, ut_k = gather(zs, ids), gather(zt, ids)
-        lse_ks, lse_kt = mx.logsumexp(us_k, -1), mx.logsumexp(ut_k, -1)
-        if not tail:
-            return lse_ks, lse_kt, mx.zeros((zs.shape[0], 2))
-        out = []
-        for z, lse_k in ((zs, lse_ks), (zt, lse_kt)):
-            rest = mx.put_along_axis(_scaled(z, inv_temp), ids, mx.array(-mx.inf), axis=-1)
-            lse_rest = mx.logsumexp(rest, -1)
-            lse = mx.logaddexp(lse_rest, lse_k)
-            out += [lse, mx.maximum(lse_rest - lse, log_floor)]
-        return out[0], out[2], mx.stack([out[1], out[3]], -1)
-
-    def buckets(zs, zt, ids, lse_s, lse_t, tails):
-        ls, lt = gather(zs, ids) - lse_s[:, None], gather(zt, ids) - lse_t[:, None]
-        if tail:
-            ls, lt = mx.concatenate([ls, tails[:, :1]], -1), mx.concatenate([lt, tails[:, 1:]], -1)
-        return ls, lt
-
-    def chunk_rows(zs_c, zt_c, i):
-        lse_s, lse_t, tails = normalisers(zs_c, zt_c, i)
-        ls, lt = buckets(zs_c, zt_c, i, lse_s, lse_t, tails)
-        return bucket_terms(ls, lt, direction, beta)[0].sum(-1), lse_s, lse_t, tails
+    def chunk_rows(zs_c, lt_c, i):
+        ls, lse_s = side(zs_c, i)
+        tail_s = ls[:, -1] if tail else mx.zeros_like(lse_s)
+        return bucket_terms(ls, lt_c, direction, beta)[0].sum(-1), lse_s, tail_s
 
     @mx.custom_function
-    def rows(zs, zt, ids):
-        outs = chunked(chunk_rows, [zs, zt, ids], ROW_CHUNK)
+    def rows(zs, lt, ids):
+        outs = chunked(chunk_rows, [zs, lt, ids], ROW_CHUNK)
         return tuple(mx.concatenate(list(x)) for x in zip(*outs))
 
     @rows.vjp
     def rows_vjp(primals, cotangents, outputs):
-        zs, zt, ids = primals
+        zs, lt, ids = primals
         cot = cotangents[0].astype(mx.float32) * inv_temp
-        _, lse_s, lse_t, tails = outputs
-        ls, lt = buckets(zs, zt, ids, lse_s, lse_t, tails)
+        _, lse_s, tail_s = outputs
+        ls = _scaled(mx.take_along_axis(zs, ids, -1), inv_temp) - lse_s[:, None]
+        if tail:
+            ls = mx.concatenate([ls, tail_s[:, None]], -1)
         _, g = bucket_terms(ls, lt, direction, beta)
         G = g.sum(-1)
         live = cot != 0  # padded rows get exactly 0, even if their logits are garbage
@@ -228,7 +236,7 @@ def _make_topk_rows(spec: DivergenceSpec):
             grad = mx.zeros(zs.shape, zs.dtype)
         fix = mx.where(live[:, None], fix, 0.0)
         grad = mx.put_along_axis(grad, ids, fix.astype(grad.dtype), axis=-1)
-        return grad, mx.zeros_like(zt), mx.zeros_like(ids)
+        return grad, mx.zeros_like(lt), mx.zeros_like(ids)
 
     return rows
 
@@ -274,34 +282,42 @@ def _make_full_rows(spec: DivergenceSpec):
     return rows
 
 
+def teacher_sampled_logprob(teacher_logits: mx.array, y: mx.array,
+                            spec: DivergenceSpec) -> mx.array:
+    """The teacher's log-prob [R] of each sampled id: all the sampled estimator needs
+    from the teacher."""
+    ut = _scaled(mx.stop_gradient(teacher_logits), 1.0 / spec.temperature)
+    return mx.take_along_axis(ut, y[:, None], -1)[:, 0] - mx.logsumexp(ut, -1)
+
+
 def _make_sampled_rows(spec: DivergenceSpec):
-    """custom_function (student, teacher, sampled ids [R]) -> (lS(y) - lT(y)).detach() * lS(y)
-    per row. Its gradient, diff * (onehot(y) - pS) / T, is the policy-gradient estimate
-    of reverse KL at the sampled token (not the gradient of the value itself)."""
+    """custom_function (student [R,V], teacher log-prob of y [R], sampled ids y [R]) ->
+    (lS(y) - lT(y)).detach() * lS(y) per row. Its gradient, diff * (onehot(y) - pS) / T,
+    is the policy-gradient estimate of reverse KL at the sampled token (not the gradient
+    of the value itself)."""
     inv_temp = 1.0 / spec.temperature
 
-    def parts(zs, zt, y):
-        us, ut = _scaled(zs, inv_temp), _scaled(zt, inv_temp)
+    def parts(zs, lt_y, y):
+        us = _scaled(zs, inv_temp)
         lse_s = mx.logsumexp(us, -1)
         ls_y = mx.take_along_axis(us, y[:, None], -1)[:, 0] - lse_s
-        lt_y = mx.take_along_axis(ut, y[:, None], -1)[:, 0] - mx.logsumexp(ut, -1)
         return us, lse_s, ls_y, ls_y - lt_y
 
     @mx.custom_function
-    def rows(zs, zt, y):
-        _, _, ls_y, diff = parts(zs, zt, y)
+    def rows(zs, lt_y, y):
+        _, _, ls_y, diff = parts(zs, lt_y, y)
         return diff * ls_y
 
     @rows.vjp
     def rows_vjp(primals, cotangent, _output):
-        zs, zt, y = primals
-        us, lse_s, _, diff = parts(zs, zt, y)
+        zs, lt_y, y = primals
+        us, lse_s, _, diff = parts(zs, lt_y, y)
         c = cotangent.astype(mx.float32) * diff * inv_temp
         live = (cotangent != 0)[:, None]
         grad = -mx.exp(us - lse_s[:, None]) * c[:, None]
         grad = mx.put_along_axis(grad, y[:, None], mx.take_along_axis(grad, y[:, None], -1)
                                  + c[:, None], axis=-1)
-        return mx.where(live, grad, 0.0).astype(zs.dtype), mx.zeros_like(zt), mx.zeros_like(y)
+        return mx.where(live, grad, 0.0).astype(zs.dtype), mx.zeros_like(lt_y), mx.zeros_like(y)
 
     return rows
 
@@ -323,19 +339,78 @@ def row_divergence(student_logits: mx.array, teacher_logits: mx.array, spec: Div
     if spec.estimator == "sampled":
         if sampled_ids is None:
             raise ValueError("estimator='sampled' needs sampled_ids (the sampled token ids)")
+        y = sampled_ids.reshape(-1).astype(mx.int32)
         fn = _row_fn("sampled", spec, _make_sampled_rows)
-        return fn(student_logits, teacher_logits, sampled_ids.reshape(-1).astype(mx.int32))
+        return fn(student_logits, teacher_sampled_logprob(teacher_logits, y, spec), y)
     if spec.estimator == "topk":
         ids = topk_ids(mx.stop_gradient(student_logits), spec.k)
-        from .metal import kernels  # the dispatcher: Metal / CUDA kernel or the ops path
-
-        kernel_rows = kernels.topk_rows_for(spec, backend, student_logits.dtype)
+        kernel_rows = topk_rows_for(spec, backend, student_logits.dtype)
         if kernel_rows is not None:
             return kernel_rows(student_logits, teacher_logits, ids)
         fn = _row_fn("topk", spec, _make_topk_rows)
-        return fn(student_logits, teacher_logits, ids)[0]
+        return fn(student_logits, teacher_buckets(teacher_logits, ids, spec), ids)[0]
     fn = _row_fn("full", spec, _make_full_rows)
     return fn(student_logits, teacher_logits)
+
+
+# --- the dispatcher: a Metal / CUDA kernel (mlx_opd.metal.kernels) or the ops path -------
+
+_SELF_CHECK: dict[str, dict] = {}
+
+
+def kernel_self_check(backend: str, atol: float = 1e-4) -> dict:
+    """Compare the `backend` kernel with the MLX-ops path (value and gradient) on a small
+    random batch whose vocabulary straddles the threadgroup width. Cached per backend."""
+    if backend in _SELF_CHECK:
+        return _SELF_CHECK[backend]
+    k1, k2 = mx.random.split(mx.random.key(1234))
+    zs = mx.random.normal((6, 1000), key=k1) * 3
+    zt = mx.random.normal((6, 1000), key=k2) * 3
+    ids = topk_ids(zs, 100)
+    result = {"backend": backend, "ok": False}
+    try:
+        for direction, beta in ((2, 0.5), (0, 0.0), (1, 1.0)):
+            spec = DivergenceSpec(kind="jsd", beta=beta)
+            ref_fn, ker_fn = _make_topk_rows(spec), kernels.make_kernel_rows(spec, backend)
+            lt = teacher_buckets(zt, ids, spec)
+            ref_v, ref_g = mx.value_and_grad(lambda z, f=ref_fn, t=lt: f(z, t, ids)[0].sum())(zs)
+            ker_v, ker_g = mx.value_and_grad(lambda z, f=ker_fn: f(z, zt, ids).sum())(zs)
+            err_v = float(mx.abs(ref_v - ker_v).item())
+            err_g = float(mx.abs(ref_g - ker_g).max().item())
+            result[f"direction{direction}"] = {"value_err": err_v, "grad_err": err_g}
+            if not (err_v <= atol * max(1.0, abs(float(ref_v.item()))) and err_g <= atol):
+                raise AssertionError(f"mismatch: value err {err_v:.2e}, grad err {err_g:.2e}")
+        result["ok"] = True
+    except Exception as e:  # a kernel that fails to build or run must not stop training
+        result["error"] = f"{type(e).__name__}: {e}"
+    _SELF_CHECK[backend] = result
+    return result
+
+
+def topk_rows_for(spec: DivergenceSpec, backend: str = "auto", dtype=mx.float32):
+    """The kernel-backed row function (student [R,V], teacher [R,V], ids) -> loss [R] for
+    `spec`, or None for the MLX-ops path. "auto" takes Metal, else CUDA, else the ops
+    path; "metal" / "cuda" demand that backend; "mlx" forces the ops path. A kernel is
+    used only after it passed `kernel_self_check` (else a warning and the ops path)."""
+    import warnings
+
+    if backend not in kernels.BACKENDS:
+        raise ValueError(f"loss_backend must be one of {kernels.BACKENDS}, got {backend!r}")
+    if backend == "mlx":
+        return None
+    have = kernels.available()
+    if backend in ("metal", "cuda") and backend not in have:
+        raise ValueError(f"loss_backend={backend!r} but this machine has no {backend} "
+                         f"backend (available: {have or ['cpu only']}); use 'auto' or 'mlx'")
+    choice = backend if backend != "auto" else (have[0] if have else None)
+    if choice is None or dtype not in (mx.float32, mx.float16, mx.bfloat16):
+        return None
+    check = kernel_self_check(choice)
+    if not check["ok"]:
+        warnings.warn(f"the {choice} divergence kernel failed its self-check "
+                      f"({check.get('error')}); using the MLX-ops path instead", stacklevel=3)
+        return None
+    return kernels.kernel_rows_cached(spec, choice)
 
 
 def reduce_tokens(per_token: mx.array, mask: mx.array | None, reduction: str) -> mx.array:
@@ -405,11 +480,19 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
                            reduction: str = "token_mean", sampled_ids: mx.array | None = None,
                            backend: str = "auto", chunk_size: int = FUSED_CHUNK,
                            head_weight_trainable: bool = False, teacher_head=None,
-                           tail_floor: float = AUTHORS_TAIL_FLOOR) -> mx.array:
+                           tail_floor: float = AUTHORS_TAIL_FLOOR,
+                           with_agreement: bool = False):
     """`token_divergence` of head(student_hidden) and head(teacher_hidden) without ever
     holding [rows, V] logits for all rows: rows go through the head and the divergence
-    `chunk_size` at a time, forward and backward (the backward recomputes each chunk's
-    logits), so the extra memory scales with the chunk, not with B * T.
+    `chunk_size` at a time, forward and backward, so the extra memory scales with the
+    chunk, not with B * T.
+
+    Head passes per row: the forward applies the student's and the teacher's head once
+    each and keeps what the backward needs from the teacher (top-K: the student's ids and
+    the teacher's bucket log-probs, tail included; sampled: the teacher's log-prob of the
+    sampled id); the backward recomputes only the student's logits. Three passes in all
+    (estimator "full" would need the teacher's whole [rows, V] distribution, so it
+    recomputes the teacher's logits in the backward instead: four).
 
     student_hidden, teacher_hidden: [B, T, H] final hidden states at the response
     positions; head: see `head_function`. Gradients reach `student_hidden` and, with
@@ -417,6 +500,8 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
     weight array), the head weight. Quantized heads are frozen. `teacher_head` (same
     forms; default: `head`) is the teacher's own head, e.g. in a full fine-tune where the
     teacher's weights differ from the student's; it never receives a gradient.
+    `with_agreement`: also return the number of scored positions where the teacher's and
+    the student's argmax tokens agree (from the same forward logits, no extra pass).
     """
     spec = DivergenceSpec(kind, beta, estimator, k, tail, temperature, tail_floor)
     if student_hidden.shape != teacher_hidden.shape or student_hidden.ndim != 3:
@@ -432,42 +517,77 @@ def fused_token_divergence(student_hidden: mx.array, teacher_hidden: mx.array, h
         weight = head if isinstance(head, mx.array) else head.weight
         if not isinstance(head, mx.array) and "bias" in head:
             raise ValueError("head_weight_trainable supports heads without bias")
-    apply_teacher = None if teacher_head is None else head_function(teacher_head)
+    est = spec.estimator
+    row_fn = _row_fn(est, spec, {"topk": _make_topk_rows, "sampled": _make_sampled_rows,
+                                 "full": _make_full_rows}[est])
 
-    def chunk_rows(hs, ht, yc, w):
-        apply = head_function(head) if w is None else (lambda h: h @ w.T)
-        t_logits = (apply_teacher or apply)(ht)
-        return row_divergence(apply(hs), mx.stop_gradient(t_logits), spec, yc, backend)
+    def student_head(w):
+        return head_function(head) if w is None else (lambda h: h @ w.T)
+
+    def teacher_logits(ht, w):
+        apply = head_function(teacher_head) if teacher_head is not None else student_head(w)
+        return mx.stop_gradient(apply(ht))
+
+    def student_rows(zs, saved, ht, yc, w):
+        """Per-row loss from the student's logits and what the forward kept."""
+        if est == "topk":
+            return row_fn(zs, saved[1], saved[0].astype(mx.int32))[0]
+        if est == "sampled":
+            return row_fn(zs, saved[0], yc)
+        return row_fn(zs, teacher_logits(ht, w))  # "full": the teacher's pass again
+
+    def forward_chunk(hs, ht, yc, w):
+        zs, zt = student_head(w)(hs), teacher_logits(ht, w)
+        agree = (mx.argmax(zs, -1) == mx.argmax(zt, -1)).astype(mx.float32)
+        if est == "topk":
+            ids = topk_ids(mx.stop_gradient(zs), spec.k)
+            saved = [ids.astype(mx.float32), teacher_buckets(zt, ids, spec)]  # ids < 2^24
+            kernel_rows = topk_rows_for(spec, backend, zs.dtype)
+            value = (kernel_rows(zs, zt, ids) if kernel_rows is not None
+                     else row_fn(zs, saved[1], ids)[0])
+        elif est == "sampled":
+            saved = [teacher_sampled_logprob(zt, yc, spec)]
+            value = row_fn(zs, saved[0], yc)
+        else:
+            saved, value = [], row_fn(zs, zt)
+        return [value, agree, *saved]
 
     @mx.custom_function
     def rows(hs, ht, w):
-        fn = lambda h, t, yc: chunk_rows(h, t, yc, weight if w.size else None)  # noqa: E731
-        return mx.concatenate(chunked(fn, [hs, ht, y], chunk_size))
+        fn = lambda h, t, yc: forward_chunk(h, t, yc, weight if w.size else None)  # noqa: E731
+        outs = chunked(fn, [hs, ht, y], chunk_size)
+        return tuple(mx.concatenate(list(x)) for x in zip(*outs))
 
     @rows.vjp
-    def rows_vjp(primals, cotangent, _output):
+    def rows_vjp(primals, cotangents, outputs):
         hs, ht, w = primals
-        if w.size:  # trainable weight: differentiate w.r.t. it too, summed over chunks
-            def chunk_grad(h, t, yc, c):
-                _, (gh, gw) = mx.vjp(lambda h_, w_: chunk_rows(h_, t, yc, w_), [h, w], [c])
-                return gh, gw
+        cot, saved = cotangents[0], list(outputs[2:])
+        trainable = bool(w.size)
 
-            parts = chunked(chunk_grad, [hs, ht, y, cotangent], chunk_size)
-            grad_w = parts[0][1]
-            for _, gw in parts[1:]:
-                grad_w = grad_w + gw
-            return mx.concatenate([gh for gh, _ in parts]), mx.zeros_like(ht), grad_w
+        def chunk_grad(h, t, yc, c, *sv):
+            if trainable:  # differentiate w.r.t. the weight too, summed over chunks
+                return mx.vjp(lambda h_, w_: student_rows(student_head(w_)(h_), sv, t, yc, w_),
+                              [h, w], [c])[1]
+            return mx.vjp(lambda h_: student_rows(student_head(None)(h_), sv, t, yc, None),
+                          [h], [c])[1]
 
-        def chunk_grad(h, t, yc, c):
-            return mx.vjp(lambda h_: chunk_rows(h_, t, yc, None), [h], [c])[1][0]
-
-        grads = chunked(chunk_grad, [hs, ht, y, cotangent], chunk_size)
-        return mx.concatenate(grads), mx.zeros_like(ht), mx.zeros_like(w)
+        parts = chunked(chunk_grad, [hs, ht, y, cot, *saved], chunk_size)
+        grad_h = mx.concatenate([p[0] for p in parts])
+        if not trainable:
+            return grad_h, mx.zeros_like(ht), mx.zeros_like(w)
+        grad_w = parts[0][1]
+        for p in parts[1:]:
+            grad_w = grad_w + p[1]
+        return grad_h, mx.zeros_like(ht), grad_w
 
     w_in = weight if weight is not None else mx.zeros((0,))
-    per_row = rows(student_hidden.reshape(R, H), mx.stop_gradient(teacher_hidden).reshape(R, H),
-                   w_in)
-    return reduce_tokens(per_row.reshape(B, T), mask, reduction)
+    per_row, agree, *_ = rows(student_hidden.reshape(R, H),
+                              mx.stop_gradient(teacher_hidden).reshape(R, H), w_in)
+    out = reduce_tokens(per_row.reshape(B, T), mask, reduction)
+    if not with_agreement:
+        return out
+    m = mx.ones((B, T)) if mask is None else mask.astype(mx.float32)
+    return out, mx.stop_gradient((agree.reshape(B, T) * m).sum())
 
 
 # --- the textbook reference: plain ops + autograd (tests and benchmarks compare to it) ---

@@ -263,7 +263,7 @@ class _Identity(nn.Module):
 
 
 @contextmanager
-def _head_as_identity(model: nn.Module):
+def head_as_identity(model: nn.Module):
     """Make the language model return final hidden states instead of logits.
 
     Every supported family ends with `embed_tokens.as_linear(h)` (tied) or `lm_head(h)`;
@@ -305,21 +305,6 @@ def lm_head_key(model: nn.Module) -> str:
             else "language_model.lm_head.weight")
 
 
-def argmax_agreement(model: nn.Module, student_hidden: mx.array, teacher_hidden: mx.array,
-                     mask: mx.array, chunk: int = 128) -> int:
-    """Scored positions where the teacher's and the student's argmax tokens agree; the
-    head is applied `chunk` rows at a time (never [rows, V] for all rows)."""
-    H = student_hidden.shape[-1]
-    hs, ht = student_hidden.reshape(-1, H), teacher_hidden.reshape(-1, H)
-    m = mask.reshape(-1)
-    count = mx.array(0)
-    for a in range(0, hs.shape[0], chunk):
-        same = apply_head(model, hs[a:a + chunk]).argmax(-1) == apply_head(model, ht[a:a + chunk]).argmax(-1)
-        count = count + (same * m[a:a + chunk]).sum()
-        mx.eval(count)
-    return int(count.item())
-
-
 # Families whose cached-image-feature path is exact (qwen3_vl's drops its deepstack
 # features, see mlx-notes.md): there, a prompt shared by n rows runs the vision tower once.
 SHARED_FEATURE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_5")
@@ -338,15 +323,15 @@ def _feature_kwargs(model: nn.Module, batch: Batch) -> dict:
     """Extra model arguments: a prompt shared by n rows runs the vision tower once where
     the cached-feature path is exact."""
     rows = batch.input_ids.shape[0]
-    if batch.shared_prompt and rows > 1 and model.config.model_type in SHARED_FEATURE_FAMILIES:
+    if getattr(batch, "shared_prompt", False) and rows > 1 and model.config.model_type in SHARED_FEATURE_FAMILIES:
         one = batch.pixel_values[: batch.pixel_values.shape[0] // rows]
         return {"cached_image_features": mx.concatenate(
             [image_features(model, one, batch.image_grid_thw[:1])] * rows)}
     return {}
 
 
-def input_features(model: nn.Module, batch: Batch):
-    """The model's input embeddings for `batch` (vision tower, deepstack features, M-RoPE
+def input_features(model: nn.Module, batch: Batch | Encoded):
+    """The model's input embeddings for `batch` or one prompt (vision tower, deepstack features, M-RoPE
     positions), evaluated now. Computed outside a gradient pass when the vision tower and
     the embeddings are frozen, the values are the same and the tower's activations are
     freed at once (inside the pass qwen3_vl's deepstack evaluation kept every block's)."""
@@ -395,7 +380,7 @@ def response_logits(model: nn.Module, batch: Batch) -> mx.array:
 def response_hidden(model: nn.Module, batch: Batch) -> mx.array:
     """Final hidden states [B, T, H] at the positions predicting each response token;
     `apply_head` turns them into logits. Lets the loss apply the head chunk by chunk."""
-    with _head_as_identity(model):
+    with head_as_identity(model):
         hidden = _forward(model, batch)
     return _gather_positions(hidden, batch.positions)
 

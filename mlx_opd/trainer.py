@@ -6,10 +6,12 @@ Each optimizer step, for `prompts_per_step` samples:
     roll out      the student samples n responses from the student view (full image,
                   red box, hint), prefilled once and decoded as a batch (rollout.py)
     build views   the teacher view is the crop; both views keep their own prompt length
-                  and positions, aligned on the response tokens only (models.make_batch)
+                  and positions, aligned on the response tokens only
     score         the teacher (EMA weights, stop-gradient) and the student score the same
-                  sampled ids; the divergence comes from hidden states through the LM head
-                  chunk by chunk (loss.fused_token_divergence); gradients accumulate
+                  sampled ids, each view's prompt run once and the n responses continuing
+                  from it (prefix.py; score.shared_prefix=false repeats the prompt per row);
+                  the divergence comes from hidden states through the LM head chunk by
+                  chunk (loss.fused_token_divergence); gradients accumulate
 then: clip -> AdamW step -> teacher update -> log -> checkpoint.
 
 Departures from the authors' recipe, deliberately:
@@ -33,7 +35,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map, tree_unflatten
 
-from . import checkpoint, distributed, lora, models
+from . import checkpoint, distributed, lora, models, prefix
+from .checkpointing import checkpoint_layers
 from .config import ConfigError, TrainConfig, load_train_config, to_dict
 from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
@@ -102,9 +105,7 @@ def _apply_memory_controls(cfg, model) -> None:
     if cfg.memory.cache_limit_gb is not None:
         mx.set_cache_limit(int(cfg.memory.cache_limit_gb * gb))
     if cfg.memory.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.language_model.model.layers[0])
+        checkpoint_layers(model)
 
 
 def data_order(n_samples: int, seed: int, step: int, per_step: int) -> list[int]:
@@ -132,12 +133,11 @@ def roll_out(loaded, sample: Sample, cfg: TrainConfig, key) -> tuple[models.Enco
                              cfg.rollout.temperature, key, cfg.rollout.block_pad_tokens)
 
 
-def teacher_batch(loaded, sample: Sample, cfg: TrainConfig, responses) -> models.Batch:
-    """The crop view scoring the student's sampled ids (its own prompt length)."""
+def teacher_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
+    """The crop view's prompt (its own length); it scores the student's sampled ids."""
     view = teacher_view(sample, cfg.views)
-    enc = check_prompt_length(models.encode(loaded, view.image, view.text,
-                                            cfg.pixels.for_view("teacher")), sample, cfg, "teacher")
-    return models.make_batch([enc] * len(responses), responses)
+    return check_prompt_length(models.encode(loaded, view.image, view.text,
+                                             cfg.pixels.for_view("teacher")), sample, cfg, "teacher")
 
 
 def check_prompt_length(enc: models.Encoded, sample: Sample, cfg: TrainConfig,
@@ -155,27 +155,41 @@ def check_prompt_length(enc: models.Encoded, sample: Sample, cfg: TrainConfig,
     return enc
 
 
-def _divergence(cfg, student_hidden, teacher_hidden, head, batch, head_trainable,
+def _divergence(cfg, student_hidden, teacher_hidden, head, ids, mask, head_trainable,
                 teacher_head=None):
     c = cfg.loss
     return fused_token_divergence(
-        student_hidden, teacher_hidden, head, batch.response_mask, kind=c.kind, beta=c.beta,
+        student_hidden, teacher_hidden, head, mask, kind=c.kind, beta=c.beta,
         estimator=c.estimator, k=c.k, tail=c.tail, temperature=cfg.rollout.temperature,
-        reduction="none", sampled_ids=batch.response_ids, backend=c.backend,
+        reduction="none", sampled_ids=ids, backend=c.backend,
         chunk_size=c.chunk_size, head_weight_trainable=head_trainable,
-        teacher_head=teacher_head,
+        teacher_head=teacher_head, with_agreement=True,
         tail_floor=EXACT_TAIL_FLOOR if c.exact_tail else AUTHORS_TAIL_FLOOR)
 
 
-def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
-          t_batch: models.Batch, normaliser: float) -> Scored:
-    """Loss and gradients of one prompt's n responses; the teacher is stop-gradient."""
+def response_hidden(model, cfg: TrainConfig, enc: models.Encoded, responses, ids,
+                    features=None):
+    """Hidden states [n, T, H] predicting each response token of one prompt: the prompt
+    run once (score.shared_prefix, prefix.py) or repeated in every row (the reference)."""
+    if cfg.score.shared_prefix:
+        return prefix.response_hidden(model, enc, ids, features)
+    with models.precomputed_inputs(model, features):
+        return models.response_hidden(model, models.make_batch([enc] * len(responses),
+                                                               responses))
+
+
+def score(loaded, teacher: Teacher, cfg: TrainConfig, s_enc: models.Encoded,
+          t_enc: models.Encoded, responses, normaliser: float) -> Scored:
+    """Loss and gradients of one prompt's n responses (`responses`: the sampled ids, the
+    same for both views); the teacher (crop prompt `t_enc`) is stop-gradient, the student
+    sees `s_enc`."""
     model = loaded.model
+    ids, mask = prefix.pad_responses(responses)
     model.eval()  # the teacher only scores: inference mode on every module (no dropout)
     t0 = time.perf_counter()
     mx.reset_peak_memory()
     with teacher.weights_in(model):
-        teacher_hidden = mx.stop_gradient(models.response_hidden(model, t_batch))
+        teacher_hidden = mx.stop_gradient(response_hidden(model, cfg, t_enc, responses, ids))
         mx.eval(teacher_hidden)
     teacher_peak, t1 = mx.get_peak_memory(), time.perf_counter()
     mx.reset_peak_memory()
@@ -189,27 +203,30 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_batch: models.Batch,
     head_trainable = full and type(head) in (nn.Linear, nn.Embedding)
     teacher_head = teacher.params.get(models.lm_head_key(model)) if full else None
     # with LoRA the vision tower and the embeddings are frozen: their output is computed
-    # (and its activations freed) before the gradient pass, with the same values
+    # (and its activations freed) before the gradient pass, with the same values; the
+    # shared prefix needs the prompt's features once, the reference path once per row
     frozen_inputs = not full and not cfg.lora.train_vision
-    features = models.input_features(model, s_batch) if frozen_inputs else None
+    features = None
+    if frozen_inputs:
+        features = models.input_features(model, s_enc if cfg.score.shared_prefix else
+                                          models.make_batch([s_enc] * len(responses), responses))
 
     def objective(m):
-        with models.precomputed_inputs(m, features):
-            student_hidden = models.response_hidden(m, s_batch)
-        per_token = _divergence(cfg, student_hidden, teacher_hidden, models.lm_head(m), s_batch,
-                                head_trainable, teacher_head)
+        student_hidden = response_hidden(m, cfg, s_enc, responses, ids, features)
+        per_token, agree = _divergence(cfg, student_hidden, teacher_hidden, models.lm_head(m),
+                                       ids, mask, head_trainable, teacher_head)
         if cfg.loss.reduction == "sequence_mean":
-            per_token = per_token / mx.maximum(s_batch.response_mask.sum(-1, keepdims=True), 1)
-        return per_token.sum() / normaliser, mx.stop_gradient(student_hidden)
+            per_token = per_token / mx.maximum(mask.sum(-1, keepdims=True), 1)
+        return per_token.sum() / normaliser, mx.stop_gradient(agree)
 
     try:
-        (value, student_hidden), grads = nn.value_and_grad(model, objective)(model)
-        mx.eval(value, grads)
+        (value, agree), grads = nn.value_and_grad(model, objective)(model)
+        mx.eval(value, agree, grads)
     finally:
         model.eval()
     student_peak, t2 = mx.get_peak_memory(), time.perf_counter()
-    agree = models.argmax_agreement(model, student_hidden, teacher_hidden, s_batch.response_mask)
-    return Scored(float(value.item()), agree, grads, teacher_peak, student_peak, t1 - t0, t2 - t1)
+    return Scored(float(value.item()), int(agree.item()), grads, teacher_peak, student_peak,
+                  t1 - t0, t2 - t1)
 
 
 def _add(a, b):
@@ -397,9 +414,8 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     rollout_peak = mx.get_peak_memory()
     grads, loss, agree, phases = None, 0.0, 0, []
     for sample, enc, r in rolled:
-        s_batch = models.make_batch([enc] * len(r.token_ids), r.token_ids)
-        t_batch = teacher_batch(loaded, sample, cfg, r.token_ids)
-        scored = score(loaded, teacher, cfg, s_batch, t_batch, normaliser)
+        scored = score(loaded, teacher, cfg, enc, teacher_prompt(loaded, sample, cfg),
+                       r.token_ids, normaliser)
         beat()
         grads, loss, agree = _add(grads, scored.grads), loss + scored.loss, agree + scored.agree
         phases.append(scored)

@@ -114,14 +114,18 @@ CASES = [("qwen2_5_vl", "lora", "token_mean"), ("qwen2_5_vl", "lora", "sequence_
 
 
 @pytest.mark.numerics
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_prefix", "duplicated"])
 @pytest.mark.parametrize("family,finetune,reduction", CASES, ids=lambda x: str(x))
-def test_one_whole_step_equals_an_independent_computation(family, finetune, reduction, tiny_dir,
-                                                          tied_qwen2_5_vl, tmp_path):
+def test_one_whole_step_equals_an_independent_computation(family, finetune, reduction, shared,
+                                                          tiny_dir, tied_qwen2_5_vl, tmp_path):
+    """The trainer's scoring, on both paths (the prompt run once with the n responses
+    continuing from it, and the reference that repeats it per row), equals a computation
+    written independently of both: full logits, autograd, the duplicated batch."""
     path = tied_qwen2_5_vl if family == "tied" else tiny_dir[family]
     cfg = _cfg(path, tmp_path, **{
         "loss.reduction": reduction, "loss.k": 16, "rollout.max_tokens": 4,
         "rollout.temperature": 1.3, "loss.tail": True, "lora.rank": 4,
-        "lora.finetune": finetune})
+        "lora.finetune": finetune, "score.shared_prefix": shared})
     L = models.load(path)
     adapter_config = lora.attach(L.model, cfg.lora)
     if family == "tied":
@@ -157,9 +161,8 @@ def test_one_whole_step_equals_an_independent_computation(family, finetune, redu
     normaliser = n_tokens if reduction == "token_mean" else sum(len(rs) for rs in responses)
     got_loss, got_grads = 0.0, None
     for s, enc, rs in zip(samples, encs, responses):
-        s_batch = models.make_batch([enc] * len(rs), rs)
-        t_batch = trainer.teacher_batch(L, s, cfg, rs)
-        scored = trainer.score(L, teacher, cfg, s_batch, t_batch, normaliser)
+        scored = trainer.score(L, teacher, cfg, enc, trainer.teacher_prompt(L, s, cfg), rs,
+                               normaliser)
         got_loss += scored.loss
         got_grads = trainer._add(got_grads, scored.grads)
     # the independent computation
@@ -280,18 +283,18 @@ def test_every_module_is_in_the_right_mode_in_each_phase(family, tiny_dir, tmp_p
         return wrapped
 
     monkeypatch.setattr(trainer, "sample_batch", in_phase("rollout", trainer.sample_batch))
-    real_hidden = models.response_hidden
+    real_hidden = trainer.response_hidden
 
-    def hidden(model, batch):
+    def hidden(model, *a, **k):
         # teacher pass: inside Teacher.weights_in (teacher params swapped in); student: else
         name = "teacher" if phase[0] == "teacher" else "student"
         phase[0] = name
         try:
-            return real_hidden(model, batch)
+            return real_hidden(model, *a, **k)
         finally:
             phase[0] = "none"
 
-    monkeypatch.setattr(models, "response_hidden", hidden)
+    monkeypatch.setattr(trainer, "response_hidden", hidden)
     real_weights_in = Teacher.weights_in
 
     from contextlib import contextmanager

@@ -1,4 +1,4 @@
-"""Fused top-K divergence kernels for Metal and CUDA, the dispatcher, and a self-check.
+"""Fused top-K divergence kernels for Metal and CUDA, and how to launch them.
 
 One algorithm, written once in portable sources beside this file:
     topk_divergence.h            helpers (threadgroup reductions, per-bucket math)
@@ -12,16 +12,14 @@ and prefix + body as the kernel body. The tests compile the very same files as C
 against a CPU emulation of the built-ins (tests/emulation/), so the kernel's logic is
 checked on machines with neither Metal nor a GPU.
 
-Dispatch (`loss_backend`): "auto" takes Metal, else CUDA, else the compiled MLX-ops path
-(mlx_opd.loss); "metal" / "cuda" demand that backend; "mlx" forces the ops path. The first
-use of a kernel runs `self_check`, which compares it with the ops path on a small random
-batch; on a mismatch it warns and the ops path is used instead.
+The dispatcher (which backend, and the self-check against the MLX-ops reference before a
+kernel is first used) lives on the loss side, `mlx_opd.loss.topk_rows_for`: this module
+sits below it and imports nothing from it.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -97,61 +95,7 @@ def make_kernel_rows(spec, backend: str):
     return rows
 
 
-_SELF_CHECK: dict[str, dict] = {}
-
-
-def self_check(backend: str, atol: float = 1e-4) -> dict:
-    """Compare the `backend` kernel with the MLX-ops path (value and gradient) on a small
-    random batch whose vocabulary straddles the threadgroup width. Cached per backend."""
-    if backend in _SELF_CHECK:
-        return _SELF_CHECK[backend]
-    from ..loss import DivergenceSpec, _make_topk_rows, topk_ids
-
-    key = mx.random.key(1234)
-    k1, k2 = mx.random.split(key)
-    zs = mx.random.normal((6, 1000), key=k1) * 3
-    zt = mx.random.normal((6, 1000), key=k2) * 3
-    ids = topk_ids(zs, 100)
-    result = {"backend": backend, "ok": False}
-    try:
-        for kind_beta in ((2, 0.5), (0, 0.0), (1, 1.0)):
-            spec = DivergenceSpec(kind="jsd", beta=kind_beta[1])
-            ref_fn, ker_fn = _make_topk_rows(spec), make_kernel_rows(spec, backend)
-            ref_v, ref_g = mx.value_and_grad(lambda z, f=ref_fn: f(z, zt, ids)[0].sum())(zs)
-            ker_v, ker_g = mx.value_and_grad(lambda z, f=ker_fn: f(z, zt, ids).sum())(zs)
-            err_v = float(mx.abs(ref_v - ker_v).item())
-            err_g = float(mx.abs(ref_g - ker_g).max().item())
-            result[f"direction{kind_beta[0]}"] = {"value_err": err_v, "grad_err": err_g}
-            if not (err_v <= atol * max(1.0, abs(float(ref_v.item()))) and err_g <= atol):
-                raise AssertionError(f"mismatch: value err {err_v:.2e}, grad err {err_g:.2e}")
-        result["ok"] = True
-    except Exception as e:  # a kernel that fails to build or run must not stop training
-        result["error"] = f"{type(e).__name__}: {e}"
-    _SELF_CHECK[backend] = result
-    return result
-
-
-def topk_rows_for(spec, backend: str = "auto", dtype=mx.float32):
-    """The kernel-backed row function for `spec`, or None for the MLX-ops path."""
-    if backend not in BACKENDS:
-        raise ValueError(f"loss_backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "mlx":
-        return None
-    have = available()
-    if backend in ("metal", "cuda") and backend not in have:
-        raise ValueError(f"loss_backend={backend!r} but this machine has no {backend} "
-                         f"backend (available: {have or ['cpu only']}); use 'auto' or 'mlx'")
-    choice = backend if backend != "auto" else (have[0] if have else None)
-    if choice is None or dtype not in (mx.float32, mx.float16, mx.bfloat16):
-        return None
-    check = self_check(choice)
-    if not check["ok"]:
-        warnings.warn(f"the {choice} divergence kernel failed its self-check "
-                      f"({check.get('error')}); using the MLX-ops path instead", stacklevel=3)
-        return None
-    return _kernel_rows_cached(spec, choice)
-
-
 @functools.cache
-def _kernel_rows_cached(spec, backend):
+def kernel_rows_cached(spec, backend):
+    """make_kernel_rows, built once per (spec, backend)."""
     return make_kernel_rows(spec, backend)

@@ -1,0 +1,98 @@
+"""Shared-prefix scoring against the duplicated-prompt reference, for every family."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_opd import lora, models, prefix, trainer
+from mlx_opd.checkpointing import checkpoint_layers, restore_layers
+from mlx_opd.config import load_train_config
+from mlx_opd.data import read_samples
+from mlx_opd.hf_layout import SUPPORTED_FAMILIES
+from mlx_opd.teacher import Teacher
+from mlx_opd.views import student_view
+
+from .conftest import FP32
+from .test_step import DATA, EXAMPLE
+
+
+def _setup(path, tmp_path, **overrides):
+    cfg = load_train_config(str(EXAMPLE), {
+        "model.path": str(path), "data.path": str(DATA), "run.out": str(tmp_path / "run"),
+        "loss.k": 16, "lora.rank": 4, "rollout.temperature": 1.3, **overrides})
+    L = models.load(path)
+    lora.attach(L.model, cfg.lora)
+    rng = np.random.default_rng(1)
+    base = lora.trainable(L.model)
+    # random adapters on both sides: B = 0 would make the LoRA gradients trivial
+    L.model.update(tree_unflatten([(k, mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32)))
+                                   for k, v in base.items()]))
+    teacher = Teacher(L.model, cfg.teacher)
+    teacher.params = {k: mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32))
+                      for k, v in base.items()}
+    return cfg, L, teacher
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad_checkpoint"])
+def test_shared_prefix_equals_duplicated_prompts(family, checkpointing, tiny_dir, tmp_path):
+    """Loss, LoRA gradients and argmax agreement of one prompt's responses: the prompt run
+    once (teacher and student) equals the prompt repeated per row, within fp32 tolerance,
+    with and without gradient checkpointing (whose recomputation must see the same cache
+    context). Covers qwen3_5's recurrent layers and qwen3_vl's deepstack features."""
+    cfg, L, teacher = _setup(tiny_dir[family], tmp_path)
+    sample = read_samples(cfg.data)[0][0]
+    view = student_view(sample, cfg.views)
+    enc = models.encode(L, view.image, view.text, cfg.pixels)
+    t_enc = trainer.teacher_prompt(L, sample, cfg)
+    eos = models.eos_token_ids(L)[-1]
+    # rows of different lengths (one of length 1), some ending in EOS
+    responses = [[5, 6, 7, 8, 9], [10, eos], [11], [12, 13, 14, eos]]
+    got = {}
+    if checkpointing:
+        checkpoint_layers(L.model)
+    try:
+        for shared in (True, False):
+            c = trainer.replace(cfg, score=trainer.replace(cfg.score, shared_prefix=shared))
+            got[shared] = trainer.score(L, teacher, c, enc, t_enc, responses, 10.0)
+    finally:
+        restore_layers(L.model)
+    a, b = got[True], got[False]
+    assert a.loss == pytest.approx(b.loss, **{"rel": FP32["rtol"], "abs": FP32["atol"]})
+    assert a.agree == b.agree
+    ga, gb = dict(tree_flatten(a.grads)), dict(tree_flatten(b.grads))
+    assert set(ga) == set(gb) and ga
+    scale = max(float(mx.abs(v).max().item()) for v in gb.values())
+    assert scale > 1e-4  # the comparison below means something
+    for name in gb:
+        np.testing.assert_allclose(np.array(ga[name]), np.array(gb[name]), rtol=1e-4,
+                                   atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_shared_prefix_hidden_states_equal_the_duplicated_batch(family, loaded):
+    """Teacher-forced hidden states at every response position, both paths (fp32)."""
+    L = loaded(family)
+    from .conftest import random_image
+
+    enc = models.encode(L, random_image(3, 70, 90), "What is in the box?")
+    responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    ids, mask = prefix.pad_responses(responses)
+    L.model.eval()
+    shared = prefix.response_hidden(L.model, enc, ids)
+    dup = models.response_hidden(L.model, models.make_batch([enc] * 3, responses))
+    m = np.array(mask)[..., None] > 0
+    np.testing.assert_allclose(np.where(m, np.array(shared), 0), np.where(m, np.array(dup), 0),
+                               **FP32)
+
+
+def test_checkpointing_is_undone(loaded):
+    L = loaded("qwen2_vl")
+    cls = type(L.model.language_model.model.layers[0])
+    before = cls.__call__
+    checkpoint_layers(L.model)
+    assert cls.__call__ is not before
+    restore_layers(L.model)
+    assert cls.__call__ is before
