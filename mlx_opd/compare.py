@@ -9,7 +9,7 @@ evidence up close.
 
 from __future__ import annotations
 
-from . import models
+from . import models, rollout
 from .config import PixelConfig, ViewConfig
 from .data import Sample
 from .loss import generalized_jsd
@@ -23,7 +23,7 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
     encoded, out = {}, {}
     for name, view in views.items():
         enc = models.encode(loaded, view.image, view.text, pixels.for_view(name))
-        s = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+        s = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         encoded[name] = (enc, s)
         out[name] = {
             "answer": models.decode(loaded, s.token_ids),

@@ -350,7 +350,7 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
 def sft_on_teacher_answers(r: DemoRecipe, base: Path, train_path: Path, out: Path) -> Path:
     """Off-policy baseline: the base's greedy answers on the CROP become labels for the
     plain full image; LoRA trained with cross-entropy for the same steps, lr and batch."""
-    from . import lora, models
+    from . import lora, models, rollout
     from .config import DataConfig, LoraConfig
     from .data import read_samples
     from .sft import train_supervised
@@ -361,7 +361,7 @@ def sft_on_teacher_answers(r: DemoRecipe, base: Path, train_path: Path, out: Pat
     examples = []
     for s in samples:  # the teacher's own answer, never the dataset's label
         t = teacher_view(s, views())
-        answer = models.sample(L, models.encode(L, t.image, t.text, pixels(r)), max_tokens=3)
+        answer = rollout.sample(L, models.encode(L, t.image, t.text, pixels(r)), max_tokens=3)
         p = plain_view(s, views())
         examples.append((models.encode(L, p.image, p.text, pixels(r)), answer.ids_with_stop))
     adapter_config = lora.attach(L.model, LoraConfig(rank=16, alpha=32))

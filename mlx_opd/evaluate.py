@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import models
+from . import models, rollout
 from .config import PixelConfig, ViewConfig
 from .data import Sample
 from .views import LETTERS, plain_view, student_view, teacher_view
@@ -65,7 +65,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
         for v in views:
             view = VIEWS[v](s, view_cfg)
             enc = models.encode(loaded, view.image, view.text, pixels.for_view(v))
-            out = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+            out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
             text = models.decode(loaded, out.token_ids)
             pred = parse_answer(text, s.options)
             ok = pred is not None and pred == s.answer.strip().upper()

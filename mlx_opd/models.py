@@ -5,7 +5,6 @@ Everything else in mlx-opd talks to a VLM through this module:
 - `encode` one (image, text) pair into prompt ids + pixel inputs, with pixel controls;
 - `response_logits` / `response_hidden`: teacher-forced outputs at the positions that
   predict each response token, for a right-padded batch of (prompt, response ids);
-- `sample`: the model's own sampler, returning token ids and their log-probs.
 
 Quirks handled here (see shared/design/mlx-notes.md):
 1. Batches are RIGHT-padded: the forward pass uses a plain causal mask and the 2-D mask
@@ -157,6 +156,19 @@ def load(model: str | Path, adapter_path: str | Path | None = None,
             m.set_dtype(target)
             mx.eval(m.parameters())
     return Loaded(m, processor, family, path, None if adapter_path is None else Path(adapter_path))
+
+
+def sampling_bias(loaded: Loaded, vocab: int) -> mx.array:
+    """The additive logit bias [vocab] that blocks the image/video pad ids, built once per
+    loaded model."""
+    cached = loaded.__dict__.get("_sampling_bias")
+    if cached is None or cached.shape[0] != vocab:
+        b = [0.0] * vocab
+        for i in blocked_token_ids(loaded):
+            if i < vocab:
+                b[i] = BLOCK_BIAS
+        cached = loaded.__dict__["_sampling_bias"] = mx.array(b)
+    return cached
 
 
 def blocked_token_ids(loaded: Loaded) -> list[int]:
@@ -373,8 +385,9 @@ def _gather_positions(x: mx.array, positions: mx.array) -> mx.array:
 
 
 def response_logits(model: nn.Module, batch: Batch) -> mx.array:
-    """Logits [B, T, V] predicting each response token (teacher forcing)."""
-    return _gather_positions(_forward(model, batch), batch.positions)
+    """Logits [B, T, V] predicting each response token (teacher forcing); the head is
+    applied at the response positions only (never [B, prompt_len, V])."""
+    return apply_head(model, response_hidden(model, batch))
 
 
 def response_hidden(model: nn.Module, batch: Batch) -> mx.array:
@@ -389,55 +402,6 @@ def response_logprobs(model: nn.Module, batch: Batch) -> mx.array:
     """Full-vocabulary log-probs [B, T, V] of the response positions."""
     logits = response_logits(model, batch).astype(mx.float32)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
-@dataclass
-class Sampled:
-    token_ids: list[int]
-    logprobs: list[float]          # log-prob of each chosen token under the sampler
-    full_logprobs: list[mx.array]  # [V] per step (only when keep_full=True)
-    finish_reason: str             # "stop" (EOS) or "length"
-    stop_token: int | None = None  # the EOS id the model actually emitted (finish "stop")
-
-    @property
-    def ids_with_stop(self) -> list[int]:
-        """The response as the model produced it, stop token included: what to score or
-        to use as a label (never some other EOS id the model did not emit)."""
-        return self.token_ids + ([self.stop_token] if self.stop_token is not None else [])
-
-
-def sample(loaded: Loaded, enc: Encoded, max_tokens: int = 64, temperature: float = 0.0,
-           seed: int | None = None, block_pad_tokens: bool = True,
-           keep_full: bool = False) -> Sampled:
-    """Sample one response with mlx-vlm's own decoder. The EOS token is not included in
-    the returned ids. With `block_pad_tokens` the image/video pad ids get BLOCK_BIAS."""
-    from mlx_vlm.generate import generate_step
-
-    bias = {i: BLOCK_BIAS for i in blocked_token_ids(loaded)} if block_pad_tokens else None
-    eos = set(eos_token_ids(loaded))
-    if seed is not None:
-        mx.random.seed(seed)
-    reset_rope_state(loaded.model)
-    ids, lps, full = [], [], []
-    finish, stop = "length", None
-    loaded.model.eval()  # inference on every module (no LoRA dropout)
-    for token, logprobs in generate_step(
-        enc.input_ids, loaded.model, enc.pixel_values, None, max_tokens=max_tokens,
-        temperature=temperature, top_p=1.0, top_k=0, logit_bias=bias,
-        image_grid_thw=enc.image_grid_thw,
-    ):
-        token = int(token)
-        if token in eos:
-            finish, stop = "stop", token
-            break
-        ids.append(token)
-        lps.append(float(logprobs[token].item()))
-        if keep_full:
-            full.append(logprobs)
-        if len(ids) >= max_tokens:
-            break
-    reset_rope_state(loaded.model)
-    return Sampled(ids, lps, full, finish, stop)
 
 
 def decode(loaded: Loaded, ids: Sequence[int]) -> str:

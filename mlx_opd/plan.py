@@ -212,17 +212,20 @@ def _vision_transient(s: Shapes, patches: int, a: int, scores: bool) -> float:
     return max(attn, mlp) + 6 * patches * s.vision_hidden * a
 
 
-def _layer_transient(s: Shapes, rows: int, length: int, a: int, scores: bool) -> float:
-    """Bytes alive at once inside one decoder layer's forward over rows x length tokens."""
-    attn = SCORE_COPIES * 4 * rows * s.heads * length * length if scores else 0
+def _layer_transient(s: Shapes, rows: int, length: int, a: int, scores: bool,
+                     keys: int | None = None) -> float:
+    """Bytes alive at once inside one decoder layer's forward over rows x length tokens
+    (attending to `keys` positions: length, or a shared prefix + length)."""
+    attn = SCORE_COPIES * 4 * rows * s.heads * length * (keys or length) if scores else 0
     mlp = 3 * rows * length * s.intermediate * a
     return max(attn, mlp) + 6 * rows * length * s.hidden * a
 
 
-def _layer_saved(s: Shapes, rows: int, length: int, a: int, scores: bool) -> float:
+def _layer_saved(s: Shapes, rows: int, length: int, a: int, scores: bool,
+                 keys: int | None = None) -> float:
     """Bytes one decoder layer keeps for its backward pass (and its recompute peak)."""
     tokens = rows * length
-    attn = 3 * 4 * rows * s.heads * length * length if scores else 0
+    attn = 3 * 4 * rows * s.heads * length * (keys or length) if scores else 0
     qkv = tokens * (s.heads + 2 * s.kv_heads) * s.head_dim * a * 2
     return attn + qkv + 5 * tokens * s.intermediate * a + 8 * tokens * s.hidden * a
 
@@ -249,31 +252,46 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
     P, Pc = t_img + TEXT_TOKENS, t_crop + TEXT_TOKENS
     patches = t_img * s.merge * s.merge
     kv = s.layers - s.linear_layers
-    # rollout: prefill (vision, one layer's transient, the KV being written, all logits),
-    # then n rows of KV / recurrent state
+    kv_token = kv * 2 * s.kv_heads * s.head_dim * a  # one token's keys/values, all layers
+    # rollout: each prompt prefilled alone (vision, one layer's transient, its KV; the
+    # head on the last position only), then every prompt's n rows decode together
+    prompts = cfg.optim.prompts_per_step
+    rows = prompts * n
     vision = _vision_transient(s, patches, a, scores)
-    # the tower finishes before the decoder starts: its transient and the logits of every
-    # prompt position are never alive together
-    prefill = max(vision, _layer_transient(s, 1, P, a, scores) + P * s.vocab * a
-                  + kv * 2 * P * s.kv_heads * s.head_dim * a)
-    decode = n * (kv * 2 * (P + R) * s.kv_heads * s.head_dim * a + s.linear_layers * s.linear_state * 4) \
-        + n * s.vocab * 4 * 4
+    prefill = max(vision, _layer_transient(s, 1, P, a, scores)) + prompts * P * kv_token
+    decode = rows * ((P + R) * kv_token + s.linear_layers * s.linear_state * 4) \
+        + prompts * P * kv_token + rows * s.vocab * 4 * 4
     rollout = resident + max(prefill, decode)
-    # teacher: n rows of the crop prompt, no gradient
-    teacher = resident + max(_vision_transient(s, t_crop * s.merge * s.merge, a, scores),
-                             _layer_transient(s, n, Pc + R, a, scores)) \
-        + 2 * n * (Pc + R) * s.hidden * a
-    # student: n rows of the full prompt with the gradient
-    L = P + R
-    vis_rows = n if s.family == "qwen3_vl" else 1  # qwen3_vl runs the tower per row
-    if cfg.memory.grad_checkpoint:
-        keep = s.layers * n * L * s.hidden * a + _layer_saved(s, n, L, a, scores)
-    else:
-        keep = s.layers * _layer_saved(s, n, L, a, scores)
+    if cfg.score.shared_prefix:
+        # teacher: the crop prompt once, then n rows of R continuing from its KV
+        teacher = resident + Pc * kv_token + max(
+            _vision_transient(s, t_crop * s.merge * s.merge, a, scores),
+            _layer_transient(s, 1, Pc, a, scores),
+            _layer_transient(s, n, R, a, scores, Pc + R) + n * (Pc + R) * kv_token / kv) \
+            + 2 * (Pc + n * R) * s.hidden * a
+        # student: the prompt once (batch 1) and n rows of R, with the gradient
+        if cfg.memory.grad_checkpoint:
+            keep = s.layers * (P + n * R) * s.hidden * a + P * kv_token + max(
+                _layer_saved(s, 1, P, a, scores), _layer_saved(s, n, R, a, scores, P + R))
+        else:
+            keep = s.layers * (_layer_saved(s, 1, P, a, scores)
+                               + _layer_saved(s, n, R, a, scores, P + R))
+        vis_rows, out_rows = 1, P + n * R
+    else:  # the reference path: n rows of prompt + response, both passes
+        teacher = resident + max(_vision_transient(s, t_crop * s.merge * s.merge, a, scores),
+                                 _layer_transient(s, n, Pc + R, a, scores)) \
+            + 2 * n * (Pc + R) * s.hidden * a
+        L = P + R
+        if cfg.memory.grad_checkpoint:
+            keep = s.layers * n * L * s.hidden * a + _layer_saved(s, n, L, a, scores)
+        else:
+            keep = s.layers * _layer_saved(s, n, L, a, scores)
+        vis_rows = n if s.family == "qwen3_vl" else 1  # qwen3_vl runs the tower per row
+        out_rows = n * L
     # the loss pass holds a transposed copy of the output head for its matmuls
     head_copy = s.vocab * s.hidden * a
     student = resident + max(vis_rows * _vision_transient(s, patches, a, scores),
-                             keep + n * L * s.hidden * a * 2 + head_copy)
+                             keep + out_rows * s.hidden * a * 2 + head_copy)
     phases = {"weights": weights, "resident": resident, "rollout": rollout,
               "teacher": teacher, "student": student}
     return {"phases": phases, "peak_bytes": max(rollout, teacher, student),
@@ -414,9 +432,11 @@ def step_time(config, pred, cfg, chip: str) -> dict:
     head = counts["head"] or counts["embed"]
     vis = counts["vision"]
     flops = 2 * lm * tok["prompt_student"] + 2 * vis * tok["image_full"] * 4     # prefill
-    flops += 2 * lm * n * (tok["prompt_teacher"] + R)                            # teacher
-    flops += 4 * 2 * lm * n * (tok["prompt_student"] + R)                        # student
-    flops += 3 * 2 * head * n * R * 2                                            # heads
+    # scoring: each prompt once and n responses (shared prefix), or n x (prompt + R)
+    rows = 1 if cfg.score.shared_prefix else n
+    flops += 2 * lm * (rows * tok["prompt_teacher"] + n * R)                     # teacher
+    flops += 4 * 2 * lm * (rows * tok["prompt_student"] + n * R)                 # student
+    flops += 3 * 2 * head * n * R                                                # 3 heads
     weight_reads = R * pred["phases"]["weights"]                                 # decode
     prompts = cfg.optim.prompts_per_step
     seconds = prompts * (flops / (MFU * tflops * 1e12) + weight_reads / (bw * 1e9))

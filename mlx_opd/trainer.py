@@ -4,7 +4,8 @@
 
 Each optimizer step, for `prompts_per_step` samples:
     roll out      the student samples n responses from the student view (full image,
-                  red box, hint), prefilled once and decoded as a batch (rollout.py)
+                  red box, hint) of each prompt; each prompt is prefilled once and all
+                  the prompts' rows decode together as one batch (rollout.py)
     build views   the teacher view is the crop; both views keep their own prompt length
                   and positions, aligned on the response tokens only
     score         the teacher (EMA weights, stop-gradient) and the student score the same
@@ -41,7 +42,7 @@ from .config import ConfigError, TrainConfig, load_train_config, to_dict
 from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
-from .rollout import Rollouts, sample_batch
+from .rollout import Rollouts, sample_prompts
 from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text, write_config
 from .teacher import Teacher
 from .views import student_view, teacher_view
@@ -124,13 +125,23 @@ def rollout_key(seed: int, step: int, j: int) -> mx.array:
 
 # --- the pieces of one step -------------------------------------------------------------
 
-def roll_out(loaded, sample: Sample, cfg: TrainConfig, key) -> tuple[models.Encoded, Rollouts]:
-    loaded.model.eval()  # sampling is inference: no dropout, inference kernels allowed
+def student_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
+    """The student view's prompt (full image, red box, hint)."""
     view = student_view(sample, cfg.views)
-    enc = check_prompt_length(models.encode(loaded, view.image, view.text, cfg.pixels),
-                              sample, cfg, "student")
-    return enc, sample_batch(loaded, enc, cfg.rollout.n, cfg.rollout.max_tokens,
-                             cfg.rollout.temperature, key, cfg.rollout.block_pad_tokens)
+    return check_prompt_length(models.encode(loaded, view.image, view.text, cfg.pixels),
+                               sample, cfg, "student")
+
+
+def roll_out(loaded, samples: list[Sample], cfg: TrainConfig,
+             keys) -> tuple[list[models.Encoded], list[Rollouts]]:
+    """The student prompts and n responses per sample, all the samples' rows decoded
+    together (rollout.py); `keys[j]` is sample j's rollout key."""
+    if not samples:  # more ranks than prompts: nothing to do on this one
+        return [], []
+    loaded.model.eval()  # sampling is inference: no dropout, inference kernels allowed
+    encs = [student_prompt(loaded, s, cfg) for s in samples]
+    return encs, sample_prompts(loaded, encs, cfg.rollout.n, cfg.rollout.max_tokens,
+                                cfg.rollout.temperature, keys, cfg.rollout.block_pad_tokens)
 
 
 def teacher_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
@@ -401,10 +412,11 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     mx.random.seed((cfg.run.seed * 7919 + state.step) % (1 << 31))  # e.g. LoRA dropout
     picked = [samples[i] for i in data_order(len(samples), cfg.run.seed, state.step,
                                              cfg.optim.prompts_per_step)]
-    rolled = []
-    for j, s in distributed.my_share(picked, dist):
-        rolled.append((s, *roll_out(loaded, s, cfg, rollout_key(cfg.run.seed, state.step, j))))
-        beat()  # the watchdog hears from every prompt, not once per (long) step
+    mine = distributed.my_share(picked, dist)
+    encs, outs = roll_out(loaded, [s for _, s in mine], cfg,
+                          [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine])
+    rolled = list(zip([s for _, s in mine], encs, outs))
+    beat()
     rollout_seconds = sum(r.seconds for _, _, r in rolled)
     lengths = [len(t) for _, _, r in rolled for t in r.token_ids]
     finished = sum(f for _, _, r in rolled for f in r.finished)

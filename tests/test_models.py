@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_unflatten
 
-from mlx_opd import models
+from mlx_opd import models, rollout
 from mlx_opd.config import PixelConfig
 from mlx_opd.hf_layout import SUPPORTED_FAMILIES, UnsupportedFamilyError
 
@@ -28,7 +28,7 @@ def _biased_logprobs(lp, blocked):
 def test_teacher_forcing_matches_sampler(family, loaded):
     L = loaded(family)
     enc = models.encode(L, random_image(1, 96, 128), "What is the colour of the circle?")
-    s = models.sample(L, enc, max_tokens=12, temperature=1.0, seed=7, keep_full=True)
+    s = rollout.sample(L, enc, max_tokens=12, temperature=1.0, seed=7, keep_full=True)
     assert len(s.token_ids) >= 1
     lp = models.response_logprobs(L.model, models.make_batch([enc], [s.token_ids]))[0]
     lp = _biased_logprobs(lp[: len(s.token_ids)], models.blocked_token_ids(L))
@@ -68,7 +68,7 @@ def test_stale_rope_state_is_reset(loaded):
     b = models.encode(L, random_image(5, 64, 64), "Second?")
     fresh = np.array(models.response_logprobs(L.model, models.make_batch([b], [[3, 4, 5]])))
     models.response_logprobs(L.model, models.make_batch([a], [[3, 4, 5]]))
-    models.sample(L, a, max_tokens=3)  # leaves generation state behind in mlx-vlm
+    rollout.sample(L, a, max_tokens=3)  # leaves generation state behind in mlx-vlm
     again = np.array(models.response_logprobs(L.model, models.make_batch([b], [[3, 4, 5]])))
     np.testing.assert_allclose(again, fresh, atol=1e-6)
 
@@ -93,8 +93,8 @@ def test_pad_tokens_are_blocked(tiny_dir):
     h = models.response_hidden(L.model, models.make_batch([enc], [[1, 2, 3]]))
     # a head row aligned with typical hidden states dominates the logits
     L.model.language_model.lm_head.weight[pad] = mx.sign(h.mean(axis=(0, 1))) * 10.0
-    unblocked = models.sample(L, enc, max_tokens=6, block_pad_tokens=False)
-    blocked = models.sample(L, enc, max_tokens=6, block_pad_tokens=True)
+    unblocked = rollout.sample(L, enc, max_tokens=6, block_pad_tokens=False)
+    blocked = rollout.sample(L, enc, max_tokens=6, block_pad_tokens=True)
     assert pad in unblocked.token_ids
     assert pad not in blocked.token_ids and len(blocked.token_ids) > 0
 

@@ -96,3 +96,66 @@ def test_checkpointing_is_undone(loaded):
     assert cls.__call__ is not before
     restore_layers(L.model)
     assert cls.__call__ is before
+
+
+# --- rollouts: several prompts decoded together -------------------------------------------
+
+def _teacher_forced_logprobs(L, enc, rows, temperature):
+    """The sampler's distribution recomputed by teacher forcing (duplicated batch): the
+    log-prob of each kept token after temperature and the pad-token bias."""
+    batch = models.make_batch([enc] * len(rows), rows)
+    z = models.response_logits(L.model, batch).astype(mx.float32) / temperature
+    z = z + models.sampling_bias(L, z.shape[-1])
+    lp = z - mx.logsumexp(z, -1, keepdims=True)
+    return [[float(lp[i, t, tok].item()) for t, tok in enumerate(r)] for i, r in enumerate(rows)]
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_prompts_decoded_together_match_teacher_forcing(family, loaded):
+    """Three prompts of different lengths (left-padded caches, per-row M-RoPE deltas)
+    decode as one batch: every kept token's sampler log-prob equals the teacher-forced one
+    at its position, for every row (1e-5), rows stop on their own, and no pad token is
+    ever sampled."""
+    from mlx_opd import rollout
+
+    from .conftest import random_image
+
+    L = loaded(family)
+    L.model.eval()
+    encs = [models.encode(L, random_image(10 + i, h, w), q) for i, (h, w, q) in
+            enumerate([(60, 80, "What is it?"), (120, 90, "Which colour is the box, exactly?"),
+                       (40, 40, "Q?")])]
+    assert len({e.prompt_len for e in encs}) == 3
+    keys = [mx.random.key(100 + i) for i in range(3)]
+    outs = rollout.sample_prompts(L, encs, 3, 7, temperature=1.2, keys=keys)
+    blocked = set(models.blocked_token_ids(L))
+    for enc, r in zip(encs, outs):
+        assert len(r.token_ids) == 3
+        assert not any(t in blocked for row in r.token_ids for t in row)
+        want = _teacher_forced_logprobs(L, enc, r.token_ids, 1.2)
+        for got_row, want_row in zip(r.logprobs, want):
+            np.testing.assert_allclose(got_row, want_row, **FP32)
+    # a row's draw depends on (its prompt's key, its index), not on its batch-mates
+    alone = rollout.sample_prompts(L, encs[1:2], 3, 7, temperature=1.2, keys=keys[1:2])[0]
+    assert alone.token_ids == outs[1].token_ids
+    np.testing.assert_allclose(sum(alone.logprobs, []), sum(outs[1].logprobs, []), **FP32)
+
+
+def test_rows_stop_independently(loaded):
+    """A row that emits EOS ends there (EOS kept) while the others go on."""
+    from mlx_opd import rollout
+
+    from .conftest import random_image
+
+    L = loaded("qwen2_vl")
+    enc = models.encode(L, random_image(4, 50, 70), "Q?")
+    eos = models.eos_token_ids(L)
+    outs = rollout.sample_prompts(L, [enc, enc], 6, 24, temperature=3.0,
+                                  keys=[mx.random.key(1), mx.random.key(2)])
+    rows = [row for r in outs for row in r.token_ids]
+    finished = [d for r in outs for d in r.finished]
+    assert any(finished) and not all(finished)  # (seeded) both kinds of row occur
+    for row, done in zip(rows, [d for r in outs for d in r.finished]):
+        assert all(t not in eos for t in row[:-1])  # nothing after the first EOS
+        assert done == (row[-1] in eos) and (done or len(row) == 24)

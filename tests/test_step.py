@@ -282,7 +282,7 @@ def test_every_module_is_in_the_right_mode_in_each_phase(family, tiny_dir, tmp_p
                 phase[0] = "none"
         return wrapped
 
-    monkeypatch.setattr(trainer, "sample_batch", in_phase("rollout", trainer.sample_batch))
+    monkeypatch.setattr(trainer, "sample_prompts", in_phase("rollout", trainer.sample_prompts))
     real_hidden = trainer.response_hidden
 
     def hidden(model, *a, **k):

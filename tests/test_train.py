@@ -59,7 +59,7 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     cfg = _cfg(tiny_dir, tmp_path)
     L = loaded("qwen2_5_vl")
     sample = read_samples(cfg.data)[0][0]
-    enc, r = trainer.roll_out(L, sample, cfg, mx.random.key(1))
+    (enc,), (r,) = trainer.roll_out(L, [sample], cfg, [mx.random.key(1)])
     assert len(r.token_ids) == cfg.rollout.n
     assert all(1 <= len(t) <= cfg.rollout.max_tokens for t in r.token_ids)
     blocked = set(models.blocked_token_ids(L))
@@ -73,7 +73,8 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     retok = [L.tokenizer.encode(models.decode(L, ids), add_special_tokens=False) for ids in r.token_ids]
     assert retok != [[t for t in ids if t not in models.eos_token_ids(L)] for ids in r.token_ids]
     # the teacher's prompt is the crop's: its image-token count is the crop's, not the full's
-    t_batch = trainer.teacher_batch(L, sample, cfg, r.token_ids)
+    t_batch = models.make_batch([trainer.teacher_prompt(L, sample, cfg)] * len(r.token_ids),
+                                r.token_ids)
     from mlx_opd.views import teacher_view
 
     crop = teacher_view(sample, cfg.views)

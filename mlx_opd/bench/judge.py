@@ -38,13 +38,13 @@ def read_verdict(text: str, row: dict, kind: str) -> str | None:
 
 def make_judge(loaded, kind: str, model_name: str, max_tokens: int = 8, log=None):
     """rows -> the judge's report; marks each unparsed row with `judged`."""
-    from .. import models
+    from .. import models, rollout
 
     def judge(rows: list[dict]) -> dict:
         todo = [r for r in rows if r["parsed"] is None]
         for i, r in enumerate(todo, 1):
             enc = models.encode_text(loaded, judge_prompt(r, kind))
-            out = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+            out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
             r["judge_reply"] = models.decode(loaded, out.token_ids)
             r["judged"] = read_verdict(r["judge_reply"], r, kind)
             if log:

@@ -79,7 +79,7 @@ def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelC
                 view_cfg: ViewConfig, max_tokens: int) -> list[dict]:
     """One row per view in `views` (the caller drops the crop view for items without an
     evidence box): the greedy answer, what the rules read from it, and whether it is right."""
-    from .. import models
+    from .. import models, rollout
     from ..images import open_rgb
     from ..views import crop_box
 
@@ -90,7 +90,7 @@ def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelC
         t0 = time.perf_counter()
         img = image if v == "plain" else crop_box(image, item.box, view_cfg)
         enc = models.encode(loaded, img, text, pixels.for_view(v))
-        out = models.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
+        out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         said = models.decode(loaded, out.token_ids)
         parsed = answers.parse(bench.answer_kind, said, item.options)
         rows.append({"id": item.id, "view": v, "category": item.category, "answer": said,
