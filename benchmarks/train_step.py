@@ -11,6 +11,14 @@ For a tiny checkpoint and a ~100M-parameter random one (float32, both built offl
       as the student (equal prompt lengths) and with the real crop view;
   (c) peak memory of each.
 All in one run; medians of `--repeats`.
+
+`long_prompt` records: a replica with the real Qwen2.5-VL-3B widths (random weights,
+--long-layers decoder layers, float32, gradient checkpointing on), 1280x960 photos at the
+default pixel limits, n = 8, responses of 16 and 128 tokens: one OPD update with the
+shared prefix vs the duplicated prompts (seconds, peak bytes; both computing the
+student's image features inside the update, and the shared path also as the trainer runs
+it, with the rollout's features), LM-head passes per response token counted in the loss, and rollout tokens/s with the step's prompts decoded
+together vs one prompt at a time. One measurement each (they take minutes on a CPU).
 """
 
 import argparse
@@ -43,8 +51,9 @@ SIZES = {
 }
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
+def timed(fn, repeats, warmup=True):
+    if warmup:
+        fn()
     times, peak = [], 0
     for _ in range(repeats):
         mx.reset_peak_memory()
@@ -62,9 +71,9 @@ def sft_step(loaded, optimizer, batch):
     mx.eval(value, loaded.model.trainable_parameters(), optimizer.state)
 
 
-def opd_update(loaded, optimizer, teacher, cfg, s_batch, t_batch):
-    scored = trainer.score(loaded, teacher, cfg, s_batch, t_batch,
-                           float(s_batch.response_mask.sum().item()))
+def opd_update(loaded, optimizer, teacher, cfg, s_enc, t_enc, responses, features=None):
+    scored = trainer.score(loaded, teacher, cfg, s_enc, t_enc, responses,
+                           float(sum(len(r) for r in responses)), features)
     grads, _ = optim.clip_grad_norm(scored.grads, cfg.optim.grad_clip)
     optimizer.update(loaded.model, grads)
     mx.eval(loaded.model.trainable_parameters(), optimizer.state)
@@ -100,13 +109,12 @@ def bench_model(name, size, args, workdir):
     s_batch = models.make_batch([enc] * n, responses)
     tv = teacher_view(sample, cfg.views)
     t_enc = models.encode(loaded, tv.image, tv.text, cfg.pixels.for_crop())
-    crop_batch = models.make_batch([t_enc] * n, responses)
     teacher = Teacher(loaded.model, cfg.teacher)
     optimizer = trainer.make_optimizer(cfg.optim)  # the trainer's (PyTorch AdamW semantics)
-    opd_equal, peak_equal = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, s_batch,
-                                                     s_batch), args.repeats)
-    opd_crop, peak_crop = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, s_batch,
-                                                   crop_batch), args.repeats)
+    opd_equal, peak_equal = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, enc, enc,
+                                                     responses), args.repeats)
+    opd_crop, peak_crop = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, enc, t_enc,
+                                                   responses), args.repeats)
     sft, peak_sft = timed(lambda: sft_step(loaded, optimizer, s_batch), args.repeats)
     return {
         "model": name, "model_params": int(params), "n": n, "max_tokens": T,
@@ -122,21 +130,163 @@ def bench_model(name, size, args, workdir):
     }
 
 
+# --- the long-prompt case: real Qwen2.5-VL-3B widths, one photo-sized image ---------------
+
+LONG_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+class HeadCounter:
+    """Counts the rows the LM head is applied to in the loss (loss.head_function is the
+    one door every head application of the fused loss goes through)."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __enter__(self):
+        from mlx_opd import loss
+
+        self._real = loss.head_function
+
+        def counted(head):
+            apply = self._real(head)
+
+            def run(h):
+                self.rows += h.shape[0]
+                return apply(h)
+            return run
+
+        loss.head_function = counted
+        return self
+
+    def __exit__(self, *exc):
+        from mlx_opd import loss
+
+        loss.head_function = self._real
+
+
+def photo_sample(workdir, seed, size=(1280, 960)):
+    """A synthetic scene resized to a photo's size, with its evidence box."""
+    from mlx_opd.data import make_sample
+
+    scene = make_scene(seed)
+    sx, sy = size[0] / scene.image.size[0], size[1] / scene.image.size[1]
+    img = workdir / f"photo{seed}.png"
+    scene.image.resize(size).save(img)
+    x0, y0, x1, y1 = scene.box
+    box = [int(x0 * sx), int(y0 * sy), int(x1 * sx), int(y1 * sy)]
+    return make_sample({"image": str(img), "question": scene.question, "box": box,
+                        "options": list(scene.options)}, workdir, "bench")
+
+
+def long_prompt(args, workdir) -> list[dict]:
+    """Shared prefix vs duplicated prompts (OPD update time and peak), batched-prompt vs
+    per-prompt rollouts, and head passes per token, on a Qwen2.5-VL-3B-width replica."""
+    from mlx_opd.checkpointing import checkpoint_layers, restore_layers
+    from mlx_opd.replicas import build_replica
+
+    path = build_replica(LONG_MODEL, workdir / "replica", layers=args.long_layers,
+                         vision_layers=2)
+    loaded = models.load(path)
+    cfg = build(TrainConfig, {"loss": {"k": 100}, "rollout": {"n": args.n},
+                              "memory": {"grad_checkpoint": True}}, "bench")
+    samples = [photo_sample(workdir, seed) for seed in range(args.long_prompts)]
+    encs = [trainer.student_prompt(loaded, s, cfg) for s in samples]
+    t_enc = trainer.teacher_prompt(loaded, samples[0], cfg)
+    n = args.n
+    # rollouts: the prompts decoded together vs one prompt at a time (prefill included)
+    T = args.long_rollout_tokens
+    keys = [mx.random.key(j) for j in range(len(encs))]
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    together = rollout.sample_prompts(loaded, encs, n, T, keys=keys)
+    t_together, peak_together = time.perf_counter() - t0, mx.get_peak_memory()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    alone = [rollout.sample_prompts(loaded, [e], n, T, keys=[k])[0] for e, k in zip(encs, keys)]
+    t_alone, peak_alone = time.perf_counter() - t0, mx.get_peak_memory()
+    tokens = sum(r.num_tokens for r in together)
+    decode_together = t_together - sum(r.prefill_seconds for r in together)
+    decode_alone = t_alone - sum(r.prefill_seconds for r in alone)
+    assert tokens == sum(r.num_tokens for r in alone)  # the same rows either way
+    rollout_rec = {"prompts": len(encs), "rows_per_prompt": n, "max_tokens": T,
+                   "rollout_tokens": tokens, "prompt_tokens": [e.prompt_len for e in encs],
+                   "rollout_seconds_batched_prompts": t_together,
+                   "rollout_seconds_per_prompt": t_alone,
+                   "rollout_tokens_per_s_batched_prompts": tokens / t_together,
+                   "rollout_tokens_per_s_per_prompt": tokens / t_alone,
+                   "decode_tokens_per_s_batched_prompts": tokens / decode_together,
+                   "decode_tokens_per_s_per_prompt": tokens / decode_alone,
+                   "rollout_peak_bytes_batched_prompts": int(peak_together),
+                   "rollout_peak_bytes_per_prompt": int(peak_alone)}
+    lora.attach(loaded.model, LoraConfig())
+    checkpoint_layers(loaded.model)
+    teacher = Teacher(loaded.model, cfg.teacher)
+    optimizer = trainer.make_optimizer(cfg.optim)
+    resident = mx.get_active_memory()
+    vocab = loaded.model.language_model.args.vocab_size
+    rng = __import__("random").Random(0)
+    out = []
+    for R in args.long_response_tokens:
+        responses = [[rng.randrange(1000, 100000) for _ in range(R)] for _ in range(n)]
+        rec = {"model": f"{LONG_MODEL} widths, {args.long_layers} layers (replica)",
+               "dtype": "float32", "grad_checkpoint": True, "n": n,
+               "image_size": [1280, 960], "prompt_tokens": encs[0].prompt_len,
+               "teacher_prompt_tokens": t_enc.prompt_len, "response_tokens": R,
+               "vocab": vocab, "resident_bytes": int(resident)}
+        for shared in (True, False):
+            c = trainer.replace(cfg, score=trainer.replace(cfg.score, shared_prefix=shared))
+            with HeadCounter() as heads:
+                seconds, peak = timed(lambda c=c, r=responses: opd_update(
+                    loaded, optimizer, teacher, c, encs[0], t_enc, r),
+                                      1, warmup=False)
+            tag = "shared" if shared else "duplicated"
+            rec[f"opd_update_seconds_{tag}"] = seconds
+            rec[f"peak_bytes_{tag}"] = int(peak)
+            rec[f"head_passes_per_token_{tag}"] = heads.rows / (n * R)
+            print(f"  R={R} {tag}: {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
+        # as the trainer runs it: the student's image features come from the rollout (the
+        # vision tower's one run this step), so the update itself runs no vision tower
+        feats = models.input_features(loaded.model, encs[0])
+        seconds, peak = timed(lambda r=responses, f=feats: opd_update(
+            loaded, optimizer, teacher, cfg, encs[0], t_enc, r, f), 1, warmup=False)
+        rec["opd_update_seconds_shared_rollout_features"] = seconds
+        rec["peak_bytes_shared_rollout_features"] = int(peak)
+        print(f"  R={R} shared, rollout's features: {seconds:.1f} s, peak {peak / 2**30:.2f} GiB",
+              flush=True)
+        rec["speedup"] = rec["opd_update_seconds_duplicated"] / rec["opd_update_seconds_shared"]
+        rec["peak_ratio"] = rec["peak_bytes_duplicated"] / rec["peak_bytes_shared"]
+        rec["peak_ratio_above_resident"] = (rec["peak_bytes_duplicated"] - resident) / \
+            (rec["peak_bytes_shared"] - resident)
+        rec.update(rollout_rec)
+        out.append(rec)
+    restore_layers(loaded.model)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
-    ap.add_argument("--models", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--models", nargs="*", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--long-layers", type=int, default=2,
+                    help="decoder layers of the Qwen2.5-VL-3B-width replica (long_prompt)")
+    ap.add_argument("--long-prompts", type=int, default=4)
+    ap.add_argument("--long-rollout-tokens", type=int, default=128)
+    ap.add_argument("--long-response-tokens", type=int, nargs="+", default=[16, 128])
+    ap.add_argument("--skip-long", action="store_true", help="no long_prompt records")
     args = ap.parse_args()
-    results = []
+    results, long = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rec = bench_model(name, SIZES[name], args, Path(tmp))
             results.append(rec)
             print(json.dumps(rec, indent=2), flush=True)
-    out = {"records": results}
+        if not args.skip_long:
+            long = long_prompt(args, Path(tmp))
+            print(json.dumps(long, indent=2), flush=True)
+    out = {"records": results, "long_prompt": long}
     for rec in results:  # the interface keys, from the largest model measured
         out.update({k: rec[k] for k in ("rollout_tokens_per_s_batched",
                                          "rollout_tokens_per_s_sequential", "opd_update_seconds",

@@ -38,7 +38,8 @@ class Rollouts:
     token_ids: list[list[int]]   # per sample, EOS included when it stopped
     logprobs: list[list[float]]  # sampler log-prob of each kept token (temperature, bias)
     finished: list[bool]         # True when the sample ended with EOS
-    seconds: float               # this prompt's share of the decoding time
+    seconds: float               # this prompt's share of the rollout time
+    prefill_seconds: float = 0.0  # of which prefilling the prompt (vision tower included)
 
     @property
     def num_tokens(self) -> int:
@@ -57,15 +58,17 @@ def row_keys(key: mx.array, n: int, max_tokens: int) -> mx.array:
 _gumbel_rows = mx.vmap(lambda k, like: mx.random.gumbel(like.shape, key=k), in_axes=(0, 0))
 
 
-def prefill(loaded: models.Loaded, enc: models.Encoded):
+def prefill(loaded: models.Loaded, enc: models.Encoded, features=None):
     """The prompt's cache (batch 1), its next-token logits [1, V] (float32, head applied
-    to the last position only) and its M-RoPE delta."""
+    to the last position only) and its M-RoPE delta. `features`: the prompt's input
+    embeddings already computed (models.input_features), so the vision tower does not
+    run again."""
     from mlx_vlm.models import cache as vlm_cache
 
     model = loaded.model
     models.reset_rope_state(model)
     cache = vlm_cache.make_prompt_cache(model.language_model)
-    with models.head_as_identity(model):
+    with models.head_as_identity(model), models.precomputed_inputs(model, features):
         out = model(enc.input_ids, pixel_values=enc.pixel_values, cache=cache,
                     image_grid_thw=enc.image_grid_thw)
     last = getattr(out, "logits", out)[:, -1, :]
@@ -97,15 +100,19 @@ def _stack_caches(caches: list, n: int) -> list:
 def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int,
                    max_tokens: int, temperature: float = 1.0,
                    keys: Sequence[mx.array] | None = None,
-                   block_pad_tokens: bool = True) -> list[Rollouts]:
+                   block_pad_tokens: bool = True, features: Sequence | None = None
+                   ) -> list[Rollouts]:
     """n samples from each prompt of `encs`, all rows decoded as one batch; `keys[p]` is
-    prompt p's key (row_keys derives the rows')."""
+    prompt p's key (row_keys derives the rows'); `features[p]`, when given, prompt p's
+    precomputed input embeddings (see prefill)."""
     t0 = time.perf_counter()
     model = loaded.model
     P = len(encs)
     keys = [mx.random.key(p) for p in range(P)] if keys is None else list(keys)
     eos = set(models.eos_token_ids(loaded))
-    prefilled = [prefill(loaded, e) for e in encs]
+    features = [None] * P if features is None else list(features)
+    prefilled = [prefill(loaded, e, f) for e, f in zip(encs, features)]
+    t_prefill = time.perf_counter() - t0
     V = prefilled[0][1].shape[-1]
     bias = models.sampling_bias(loaded, V) if block_pad_tokens else None
     cache = _stack_caches([c for c, _, _ in prefilled], n)
@@ -145,7 +152,7 @@ def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int
             ids.append(row_ids[:cut])  # each row cut after its own first EOS
             lps.append(row_lp[:cut])
             done.append(row_ids[cut - 1] in eos)
-        out.append(Rollouts(ids, lps, done, seconds))
+        out.append(Rollouts(ids, lps, done, seconds, t_prefill / P))
     return out
 
 

@@ -42,7 +42,7 @@ from .config import ConfigError, TrainConfig, load_train_config, to_dict
 from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
-from .rollout import Rollouts, sample_prompts
+from .rollout import sample_prompts
 from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text, write_config
 from .teacher import Teacher
 from .views import student_view, teacher_view
@@ -132,16 +132,26 @@ def student_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
                                sample, cfg, "student")
 
 
-def roll_out(loaded, samples: list[Sample], cfg: TrainConfig,
-             keys) -> tuple[list[models.Encoded], list[Rollouts]]:
-    """The student prompts and n responses per sample, all the samples' rows decoded
-    together (rollout.py); `keys[j]` is sample j's rollout key."""
+def frozen_inputs(cfg: TrainConfig) -> bool:
+    """True when the vision tower and the embeddings are not trained (LoRA on the language
+    model): a prompt's input embeddings are then the same in every phase of a step."""
+    return cfg.lora.finetune != "full" and not cfg.lora.train_vision
+
+
+def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys):
+    """(student prompts, n responses per sample, each prompt's input features or None):
+    all the samples' rows decoded together (rollout.py); `keys[j]` is sample j's rollout
+    key. With frozen inputs the features computed here (the vision tower's one run on the
+    image this step) are reused by the student's scoring pass."""
     if not samples:  # more ranks than prompts: nothing to do on this one
-        return [], []
+        return [], [], []
     loaded.model.eval()  # sampling is inference: no dropout, inference kernels allowed
     encs = [student_prompt(loaded, s, cfg) for s in samples]
-    return encs, sample_prompts(loaded, encs, cfg.rollout.n, cfg.rollout.max_tokens,
-                                cfg.rollout.temperature, keys, cfg.rollout.block_pad_tokens)
+    features = [models.input_features(loaded.model, e) if frozen_inputs(cfg) else None
+                for e in encs]
+    outs = sample_prompts(loaded, encs, cfg.rollout.n, cfg.rollout.max_tokens,
+                          cfg.rollout.temperature, keys, cfg.rollout.block_pad_tokens, features)
+    return encs, outs, features
 
 
 def teacher_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
@@ -190,10 +200,10 @@ def response_hidden(model, cfg: TrainConfig, enc: models.Encoded, responses, ids
 
 
 def score(loaded, teacher: Teacher, cfg: TrainConfig, s_enc: models.Encoded,
-          t_enc: models.Encoded, responses, normaliser: float) -> Scored:
+          t_enc: models.Encoded, responses, normaliser: float, features=None) -> Scored:
     """Loss and gradients of one prompt's n responses (`responses`: the sampled ids, the
     same for both views); the teacher (crop prompt `t_enc`) is stop-gradient, the student
-    sees `s_enc`."""
+    sees `s_enc` (`features`: its input features from the rollout, when frozen)."""
     model = loaded.model
     ids, mask = prefix.pad_responses(responses)
     model.eval()  # the teacher only scores: inference mode on every module (no dropout)
@@ -215,12 +225,15 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_enc: models.Encoded,
     teacher_head = teacher.params.get(models.lm_head_key(model)) if full else None
     # with LoRA the vision tower and the embeddings are frozen: their output is computed
     # (and its activations freed) before the gradient pass, with the same values; the
-    # shared prefix needs the prompt's features once, the reference path once per row
-    frozen_inputs = not full and not cfg.lora.train_vision
-    features = None
-    if frozen_inputs:
-        features = models.input_features(model, s_enc if cfg.score.shared_prefix else
-                                          models.make_batch([s_enc] * len(responses), responses))
+    # shared prefix needs the prompt's features once (the rollout's, when given), the
+    # reference path once per row
+    if not frozen_inputs(cfg):
+        features = None
+    elif not cfg.score.shared_prefix:
+        features = models.input_features(
+            model, models.make_batch([s_enc] * len(responses), responses))
+    elif features is None:
+        features = models.input_features(model, s_enc)
 
     def objective(m):
         student_hidden = response_hidden(m, cfg, s_enc, responses, ids, features)
@@ -413,21 +426,21 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     picked = [samples[i] for i in data_order(len(samples), cfg.run.seed, state.step,
                                              cfg.optim.prompts_per_step)]
     mine = distributed.my_share(picked, dist)
-    encs, outs = roll_out(loaded, [s for _, s in mine], cfg,
-                          [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine])
-    rolled = list(zip([s for _, s in mine], encs, outs))
+    encs, outs, feats = roll_out(loaded, [s for _, s in mine], cfg,
+                                 [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine])
+    rolled = list(zip([s for _, s in mine], encs, outs, feats))
     beat()
-    rollout_seconds = sum(r.seconds for _, _, r in rolled)
-    lengths = [len(t) for _, _, r in rolled for t in r.token_ids]
-    finished = sum(f for _, _, r in rolled for f in r.finished)
+    rollout_seconds = sum(r.seconds for _, _, r, _ in rolled)
+    lengths = [len(t) for _, _, r, _ in rolled for t in r.token_ids]
+    finished = sum(f for _, _, r, _ in rolled for f in r.finished)
     n_tokens, n_seqs, finished = distributed.sum_floats(
         [sum(lengths), len(lengths), finished], dist)
     normaliser = n_tokens if cfg.loss.reduction == "token_mean" else n_seqs
     rollout_peak = mx.get_peak_memory()
     grads, loss, agree, phases = None, 0.0, 0, []
-    for sample, enc, r in rolled:
+    for sample, enc, r, feats in rolled:
         scored = score(loaded, teacher, cfg, enc, teacher_prompt(loaded, sample, cfg),
-                       r.token_ids, normaliser)
+                       r.token_ids, normaliser, feats)
         beat()
         grads, loss, agree = _add(grads, scored.grads), loss + scored.loss, agree + scored.agree
         phases.append(scored)

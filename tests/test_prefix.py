@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_opd import lora, models, prefix, trainer
+from mlx_opd import lora, models, prefix, rollout, trainer
 from mlx_opd.checkpointing import checkpoint_layers, restore_layers
 from mlx_opd.config import load_train_config
 from mlx_opd.data import read_samples
@@ -117,7 +117,6 @@ def test_prompts_decoded_together_match_teacher_forcing(family, loaded):
     decode as one batch: every kept token's sampler log-prob equals the teacher-forced one
     at its position, for every row (1e-5), rows stop on their own, and no pad token is
     ever sampled."""
-    from mlx_opd import rollout
 
     from .conftest import random_image
 
@@ -144,7 +143,6 @@ def test_prompts_decoded_together_match_teacher_forcing(family, loaded):
 
 def test_rows_stop_independently(loaded):
     """A row that emits EOS ends there (EOS kept) while the others go on."""
-    from mlx_opd import rollout
 
     from .conftest import random_image
 
@@ -159,3 +157,29 @@ def test_rows_stop_independently(loaded):
     for row, done in zip(rows, [d for r in outs for d in r.finished]):
         assert all(t not in eos for t in row[:-1])  # nothing after the first EOS
         assert done == (row[-1] in eos) and (done or len(row) == 24)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_the_rollouts_image_features_serve_the_student_pass(family, tiny_dir, tmp_path):
+    """The vision tower runs once per image and step: the features the rollout computed
+    (eval mode) give the same rollout and the same student loss and gradients as features
+    computed afresh in each phase."""
+    cfg, L, teacher = _setup(tiny_dir[family], tmp_path)
+    sample = read_samples(cfg.data)[0][0]
+    key = [mx.random.key(3)]
+    (enc,), (r,), (feats,) = trainer.roll_out(L, [sample], cfg, key)
+    assert feats is not None
+    plain = rollout.sample_prompts(L, [enc], cfg.rollout.n, cfg.rollout.max_tokens,
+                                   cfg.rollout.temperature, key)[0]
+    assert plain.token_ids == r.token_ids
+    np.testing.assert_allclose(sum(plain.logprobs, []), sum(r.logprobs, []), **FP32)
+    t_enc = trainer.teacher_prompt(L, sample, cfg)
+    a = trainer.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0, feats)
+    b = trainer.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0)
+    assert a.loss == pytest.approx(b.loss, rel=FP32["rtol"], abs=FP32["atol"])
+    ga, gb = dict(tree_flatten(a.grads)), dict(tree_flatten(b.grads))
+    scale = max(float(mx.abs(v).max().item()) for v in gb.values())
+    for name in gb:
+        np.testing.assert_allclose(np.array(ga[name]), np.array(gb[name]), rtol=1e-4,
+                                   atol=1e-5 * scale, err_msg=name)

@@ -59,7 +59,7 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     cfg = _cfg(tiny_dir, tmp_path)
     L = loaded("qwen2_5_vl")
     sample = read_samples(cfg.data)[0][0]
-    (enc,), (r,) = trainer.roll_out(L, [sample], cfg, [mx.random.key(1)])
+    (enc,), (r,), _ = trainer.roll_out(L, [sample], cfg, [mx.random.key(1)])
     assert len(r.token_ids) == cfg.rollout.n
     assert all(1 <= len(t) <= cfg.rollout.max_tokens for t in r.token_ids)
     blocked = set(models.blocked_token_ids(L))
