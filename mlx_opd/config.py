@@ -151,12 +151,17 @@ class RolloutConfig:
     block_pad_tokens: bool = True  # image/video pad ids can never be sampled
     max_prompt_tokens: int = 8192  # authors: 8192; a longer prompt stops with advice (a
                                    # 16k-token photo x n rows would exhaust memory)
+    prompt_batch: int = 0          # prompts decoded together (x n rows each); 0: all of a
+                                   # step's prompts. Lower it to save KV-cache memory; the
+                                   # samples are the same either way (per-row keys)
 
     def __post_init__(self):
         if self.n < 1 or self.max_tokens < 1 or self.temperature <= 0:
             raise ValueError("rollout.n and rollout.max_tokens must be >= 1, temperature > 0")
         if self.max_prompt_tokens < 1:
             raise ValueError("rollout.max_prompt_tokens must be >= 1")
+        if self.prompt_batch < 0:
+            raise ValueError("rollout.prompt_batch must be >= 0 (0: all of a step's prompts)")
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,15 @@ sizes, before any weights are loaded.
     mlx-opd plan --config run.yaml [--memory-gb 16] [--chip m3-pro] [--json plan.json]
 
 The step's phases (trainer.train_step) and what each holds besides the resident weights:
-- rollout: the prompt prefill (batch 1: vision tower, every layer's transient activations,
-  the logits of every prompt position), then the KV cache (or recurrent state) of n rows;
-- teacher: a no-gradient forward of n rows x (crop prompt + response);
-- student: the forward/backward of n rows x (full prompt + response) through the fused
-  loss; with gradient checkpointing each decoder layer keeps only its input and one layer
-  at a time is recomputed; without it every layer keeps its activations.
+- rollout: each prompt's prefill (batch 1: vision tower, every layer's transient
+  activations, the head on the last position), then the KV cache (or recurrent state) of
+  the step's prompts x n rows, decoded together;
+- teacher: a no-gradient forward of the crop prompt once and n responses continuing from
+  it (score.shared_prefix; the reference path: n rows x (crop prompt + response));
+- student: the forward/backward of the full prompt once and n responses (the reference:
+  n rows x (full prompt + response)) through the fused loss; with gradient checkpointing
+  each decoder layer keeps only its input (and the prompt's keys/values) and one layer at
+  a time is recomputed; without it every layer keeps its activations.
 Resident: the weights (in the compute dtype: float32 on the CPU backend, whose half
 precision matmuls are slow; the checkpoint's dtype on Metal; 4/8-bit stay quantized), the
 LoRA parameters, their AdamW moments, the gradient and the teacher's adapter copy.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 GIB = 1 << 30
 TEXT_TOKENS = 110   # chat template + question + hint + options + instruction, measured
+HEAD_SHARE = 0.35   # of the LM head's bytes alive in the shared-prefix student pass (fitted)
 # Apple chips: unified-memory bandwidth (GB/s) and fp16 GPU throughput (TFLOP/s), the
 # vendor's memory bandwidth and a commonly quoted GPU figure; time estimates assume 40% of
 # peak FLOPs on the big matmuls and one weight read per decode step.
@@ -255,7 +259,7 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
     kv_token = kv * 2 * s.kv_heads * s.head_dim * a  # one token's keys/values, all layers
     # rollout: each prompt prefilled alone (vision, one layer's transient, its KV; the
     # head on the last position only), then every prompt's n rows decode together
-    prompts = cfg.optim.prompts_per_step
+    prompts = min(cfg.optim.prompts_per_step, cfg.rollout.prompt_batch or 1 << 30)
     rows = prompts * n
     vision = _vision_transient(s, patches, a, scores)
     prefill = max(vision, _layer_transient(s, 1, P, a, scores)) + prompts * P * kv_token
@@ -276,7 +280,9 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
         else:
             keep = s.layers * (_layer_saved(s, 1, P, a, scores)
                                + _layer_saved(s, n, R, a, scores, P + R))
-        vis_rows, out_rows = 1, P + n * R
+        # with frozen inputs the student reuses the rollout's image features: no tower here
+        frozen = cfg.lora.finetune != "full" and not cfg.lora.train_vision
+        vis_rows, out_rows = (0 if frozen else 1), P + n * R
     else:  # the reference path: n rows of prompt + response, both passes
         teacher = resident + max(_vision_transient(s, t_crop * s.merge * s.merge, a, scores),
                                  _layer_transient(s, n, Pc + R, a, scores)) \
@@ -288,8 +294,10 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
             keep = s.layers * _layer_saved(s, n, L, a, scores)
         vis_rows = n if s.family == "qwen3_vl" else 1  # qwen3_vl runs the tower per row
         out_rows = n * L
-    # the loss pass holds a transposed copy of the output head for its matmuls
-    head_copy = s.vocab * s.hidden * a
+    # the loss pass's head matmuls: a transposed copy of the head in the duplicated path;
+    # with the shared prefix's smaller graph only part of it is alive at the student's
+    # peak (HEAD_SHARE, fitted on the 14 replica runs: 0.16-0.6 of the head, mean 0.4)
+    head_copy = s.vocab * s.hidden * a * (HEAD_SHARE if cfg.score.shared_prefix else 1.0)
     student = resident + max(vis_rows * _vision_transient(s, patches, a, scores),
                              keep + out_rows * s.hidden * a * 2 + head_copy)
     phases = {"weights": weights, "resident": resident, "rollout": rollout,
@@ -379,6 +387,10 @@ def advice(config, processor, cfg, full, crop, dtype, backend, quant, total) -> 
                                                                 resized_height=None,
                                                                 resized_width=None))
         tries.append((f"pixels.max_pixels={mp}", c))
+    together = min(cfg.optim.prompts_per_step, cfg.rollout.prompt_batch or 1 << 30)
+    if together > 1:  # decode fewer prompts at once: less KV cache, the same samples
+        tries.append(("rollout.prompt_batch=1", dataclasses.replace(
+            cfg, rollout=dataclasses.replace(cfg.rollout, prompt_batch=1))))
     for div in (2, 4):
         n = max(1, cfg.rollout.n // div)
         if n < cfg.rollout.n:

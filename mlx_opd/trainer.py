@@ -149,8 +149,12 @@ def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys):
     encs = [student_prompt(loaded, s, cfg) for s in samples]
     features = [models.input_features(loaded.model, e) if frozen_inputs(cfg) else None
                 for e in encs]
-    outs = sample_prompts(loaded, encs, cfg.rollout.n, cfg.rollout.max_tokens,
-                          cfg.rollout.temperature, keys, cfg.rollout.block_pad_tokens, features)
+    size = cfg.rollout.prompt_batch or len(encs)
+    outs = []
+    for a in range(0, len(encs), size):  # groups of rollout.prompt_batch prompts
+        outs += sample_prompts(loaded, encs[a:a + size], cfg.rollout.n, cfg.rollout.max_tokens,
+                               cfg.rollout.temperature, keys[a:a + size],
+                               cfg.rollout.block_pad_tokens, features[a:a + size])
     return encs, outs, features
 
 

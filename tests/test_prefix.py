@@ -183,3 +183,19 @@ def test_the_rollouts_image_features_serve_the_student_pass(family, tiny_dir, tm
     for name in gb:
         np.testing.assert_allclose(np.array(ga[name]), np.array(gb[name]), rtol=1e-4,
                                    atol=1e-5 * scale, err_msg=name)
+
+
+def test_prompt_groups_sample_the_same_answers(tiny_dir, tmp_path):
+    """rollout.prompt_batch only trades memory for speed: decoding the step's prompts one
+    at a time gives the same rows (per-row keys), and plan predicts a lower rollout peak."""
+    from mlx_opd import plan
+
+    cfg, L, _ = _setup(tiny_dir["qwen2_5_vl"], tmp_path)
+    samples = read_samples(cfg.data)[0][:3]
+    keys = [mx.random.key(7 + j) for j in range(3)]
+    _, together, _ = trainer.roll_out(L, samples, cfg, keys)
+    one = trainer.replace(cfg, rollout=trainer.replace(cfg.rollout, prompt_batch=1))
+    _, alone, _ = trainer.roll_out(L, samples, one, keys)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    p_all, p_one = plan.plan(cfg), plan.plan(one)
+    assert p_one["phases"]["rollout"] < p_all["phases"]["rollout"]
