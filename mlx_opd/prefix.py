@@ -62,12 +62,32 @@ class _RecordKV:
         self.keys, self.values = outputs
 
 
-class _ContinueKV:
+class _Continuation:
+    """What every continuation cache shares: it reads the prompt's arrays (handed to a
+    checkpointed layer explicitly) and writes nothing."""
+
+    def __init__(self, prefix: list, rows: int):
+        self.prefix, self.rows = list(prefix), rows
+
+    def checkpoint_inputs(self) -> list:
+        return self.prefix
+
+    def rebuilt(self, inputs: list):
+        return type(self)(inputs, self.rows)
+
+    def checkpoint_outputs(self) -> list:
+        return []
+
+    def take(self, outputs: list) -> None:
+        pass
+
+
+class _ContinueKV(_Continuation):
     """Attention layer, continuation call: the n rows' keys/values follow the prompt's
     (broadcast, never copied into the cache); nothing is stored."""
 
     def __init__(self, prefix: list, rows: int):
-        self.prefix, self.rows = list(prefix), rows
+        super().__init__(prefix, rows)
         self.offset = prefix[0].shape[2]
 
     def _full(self, prefix, new):
@@ -86,18 +106,6 @@ class _ContinueKV:
 
             return create_causal_mask(N, offset=self.offset, window_size=window_size)
         return "causal"
-
-    def checkpoint_inputs(self) -> list:
-        return self.prefix
-
-    def rebuilt(self, inputs: list):
-        return type(self)(inputs, self.rows)
-
-    def checkpoint_outputs(self) -> list:
-        return []
-
-    def take(self, outputs: list) -> None:
-        pass
 
 
 class _RecordArrays:
@@ -141,12 +149,9 @@ class _RecordArrays:
         self.saved = list(outputs)
 
 
-class _ContinueArrays(_RecordArrays):
+class _ContinueArrays(_Continuation, _RecordArrays):
     """Gated-delta layer, continuation call: the n rows start from the prompt's final
     state (broadcast); nothing is stored."""
-
-    def __init__(self, prefix: list, rows: int):
-        self.prefix, self.rows = list(prefix), rows
 
     def __getitem__(self, i):
         s = self.prefix[i]
@@ -160,18 +165,6 @@ class _ContinueArrays(_RecordArrays):
 
     def update_recurrent(self, index, length, update):
         return update(self[index], None)[:2]
-
-    def checkpoint_inputs(self) -> list:
-        return self.prefix
-
-    def rebuilt(self, inputs: list):
-        return type(self)(inputs, self.rows)
-
-    def checkpoint_outputs(self) -> list:
-        return []
-
-    def take(self, outputs: list) -> None:
-        pass
 
 
 def _record_caches(model: nn.Module) -> list:
