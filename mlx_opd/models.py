@@ -243,6 +243,14 @@ class Batch:
     shared_prompt: bool = False  # every row has the same prompt (one image, n responses)
 
 
+def pad_responses(responses: Sequence[Sequence[int]], pad_id: int = 0):
+    """(ids [n, T] int32 right-padded, mask [n, T] float32, 1 on real tokens); T >= 1."""
+    T = max(1, max(len(r) for r in responses))
+    ids = [list(r) + [pad_id] * (T - len(r)) for r in responses]
+    mask = [[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses]
+    return mx.array(ids, dtype=mx.int32), mx.array(mask)
+
+
 def make_batch(prompts: Sequence[Encoded], responses: Sequence[Sequence[int]],
                pad_id: int = 0) -> Batch:
     """Right-pad prompt + response rows; compute response-aligned positions (quirk 3)."""
@@ -250,21 +258,20 @@ def make_batch(prompts: Sequence[Encoded], responses: Sequence[Sequence[int]],
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     rows = [list(p.input_ids[0].tolist()) + list(r) for p, r in zip(prompts, responses)]
     L = max(len(r) for r in rows)
-    T = max(1, max(len(r) for r in responses))
-    ids, att, pos, rmask, rids = [], [], [], [], []
-    for p, r, row in zip(prompts, responses, rows):
+    rids, rmask = pad_responses(responses)
+    T = rids.shape[1]
+    ids, att, pos = [], [], []
+    for p, row in zip(prompts, rows):
         n = len(row)
         ids.append(row + [pad_id] * (L - n))
         att.append([1] * n + [0] * (L - n))
         start = p.prompt_len - 1
         pos.append([min(start + t, L - 1) for t in range(T)])
-        rmask.append([1.0] * len(r) + [0.0] * (T - len(r)))
-        rids.append(list(r) + [0] * (T - len(r)))
     return Batch(
         mx.array(ids, dtype=mx.int32), mx.array(att, dtype=mx.int32),
         mx.concatenate([p.pixel_values for p in prompts], axis=0),
         mx.concatenate([p.image_grid_thw for p in prompts], axis=0),
-        mx.array(pos, dtype=mx.int32), mx.array(rmask), mx.array(rids, dtype=mx.int32),
+        mx.array(pos, dtype=mx.int32), rmask, rids,
         shared_prompt=all(p is prompts[0] for p in prompts),
     )
 

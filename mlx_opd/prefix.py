@@ -24,8 +24,6 @@ the calls would give the recomputed layer the wrong context.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -188,19 +186,13 @@ def _continue_caches(recorded: list, rows: int) -> list:
             else _ContinueArrays(c.saved, rows) for c in recorded]
 
 
-def pad_responses(responses: Sequence[Sequence[int]], pad_id: int = 0):
-    """(ids [n, T] int32 right-padded, mask [n, T] float32); T >= 1."""
-    T = max(1, max(len(r) for r in responses))
-    ids = [list(r) + [pad_id] * (T - len(r)) for r in responses]
-    mask = [[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses]
-    return mx.array(ids, dtype=mx.int32), mx.array(mask)
-
-
-def prefill(model: nn.Module, enc: models.Encoded, features=None):
-    """Run the prompt once (batch 1). Returns (hidden [1, H] at the last prompt position,
-    the recorded caches, the prompt's rope delta). The head is never applied."""
+def prefill(model: nn.Module, enc: models.Encoded, features=None, caches=None):
+    """Run the prompt once (batch 1) into `caches` (default: recording caches, for
+    scoring; the rollout passes mlx-vlm's own). Returns (hidden [1, H] at the last prompt
+    position, the caches, the prompt's rope delta). The head is never applied;
+    `features`: the prompt's precomputed input embeddings (models.input_features)."""
     models.reset_rope_state(model)
-    caches = _record_caches(model)
+    caches = _record_caches(model) if caches is None else caches
     with models.head_as_identity(model), models.precomputed_inputs(model, features):
         out = model(enc.input_ids, pixel_values=enc.pixel_values, cache=caches,
                     image_grid_thw=enc.image_grid_thw)

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import mlx.core as mx
 
-from . import models
+from . import models, prefix
 
 CHECK_EVERY = 8  # decode steps between host-side checks for "every row has stopped"
 
@@ -66,17 +66,11 @@ def prefill(loaded: models.Loaded, enc: models.Encoded, features=None):
     from mlx_vlm.models import cache as vlm_cache
 
     model = loaded.model
-    models.reset_rope_state(model)
-    cache = vlm_cache.make_prompt_cache(model.language_model)
-    with models.head_as_identity(model), models.precomputed_inputs(model, features):
-        out = model(enc.input_ids, pixel_values=enc.pixel_values, cache=cache,
-                    image_grid_thw=enc.image_grid_thw)
-    last = getattr(out, "logits", out)[:, -1, :]
+    last, cache, rope = prefix.prefill(model, enc, features,
+                                       vlm_cache.make_prompt_cache(model.language_model))
     logits = models.apply_head(model, last).astype(mx.float32)
-    rope = model.language_model._rope_deltas
     rope = mx.zeros((1, 1), mx.int32) if rope is None else mx.array(rope).reshape(1, 1)
     mx.eval(logits, rope, [c.state for c in cache])
-    models.reset_rope_state(model)
     return cache, logits, rope
 
 

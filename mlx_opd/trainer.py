@@ -138,7 +138,7 @@ def frozen_inputs(cfg: TrainConfig) -> bool:
     return cfg.lora.finetune != "full" and not cfg.lora.train_vision
 
 
-def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys):
+def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda: None):
     """(student prompts, n responses per sample, each prompt's input features or None):
     all the samples' rows decoded together (rollout.py); `keys[j]` is sample j's rollout
     key. With frozen inputs the features computed here (the vision tower's one run on the
@@ -155,6 +155,7 @@ def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys):
         outs += sample_prompts(loaded, encs[a:a + size], cfg.rollout.n, cfg.rollout.max_tokens,
                                cfg.rollout.temperature, keys[a:a + size],
                                cfg.rollout.block_pad_tokens, features[a:a + size])
+        beat()  # the watchdog hears from every group, not once per (long) step
     return encs, outs, features
 
 
@@ -209,7 +210,7 @@ def score(loaded, teacher: Teacher, cfg: TrainConfig, s_enc: models.Encoded,
     same for both views); the teacher (crop prompt `t_enc`) is stop-gradient, the student
     sees `s_enc` (`features`: its input features from the rollout, when frozen)."""
     model = loaded.model
-    ids, mask = prefix.pad_responses(responses)
+    ids, mask = models.pad_responses(responses)
     model.eval()  # the teacher only scores: inference mode on every module (no dropout)
     t0 = time.perf_counter()
     mx.reset_peak_memory()
@@ -431,9 +432,9 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
                                              cfg.optim.prompts_per_step)]
     mine = distributed.my_share(picked, dist)
     encs, outs, feats = roll_out(loaded, [s for _, s in mine], cfg,
-                                 [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine])
+                                 [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine],
+                                 beat)
     rolled = list(zip([s for _, s in mine], encs, outs, feats))
-    beat()
     rollout_seconds = sum(r.seconds for _, _, r, _ in rolled)
     lengths = [len(t) for _, _, r, _ in rolled for t in r.token_ids]
     finished = sum(f for _, _, r, _ in rolled for f in r.finished)

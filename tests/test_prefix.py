@@ -79,7 +79,7 @@ def test_shared_prefix_hidden_states_equal_the_duplicated_batch(family, loaded):
 
     enc = models.encode(L, random_image(3, 70, 90), "What is in the box?")
     responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
-    ids, mask = prefix.pad_responses(responses)
+    ids, mask = models.pad_responses(responses)
     L.model.eval()
     shared = prefix.response_hidden(L.model, enc, ids)
     dup = models.response_hidden(L.model, models.make_batch([enc] * 3, responses))
