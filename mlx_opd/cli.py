@@ -418,28 +418,79 @@ def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize,
 @main.command("export-data")
 @click.option("--data", required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["verl"]), default="verl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["verl", "swift"]), default="verl",
+              show_default=True, help="verl: the authors' fork; swift: ms-swift's OPSD.")
 @click.option("--config", type=click.Path(dir_okay=False),
               help="A training config whose hyper-parameters the launch script carries.")
 @click.option("--model", default=None, help="Base model for the launch script.")
+@click.option("--image-root", default=None,
+              help="Where --out will be on the machine that trains (image paths are written "
+                   "under it; default: --out as it is here).")
+@click.option("--like", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="verl: a parquet (e.g. the authors' prepared train.parquet) whose exact "
+                   "schema ours takes, so both mix in one run.")
 @click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
               show_default=True)
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def export_data(data, out, fmt, config, model, on_bad_sample, force):
-    """Training data as parquet in the authors' Vision-OPD (verl) layout + a launch script."""
+def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, force):
+    """Training data and a launch script for a GPU engine: the authors' verl fork
+    (Vision-OPD as they ran it) or ms-swift (on-policy self-distillation, frozen teacher)."""
     from .config import ConfigError, load_train_config
     from .data import DataError, read_samples
-    from .verl import export_verl
+    from .swift import SwiftExportError, export_swift
+    from .verl import VerlExportError, export_verl
 
     try:
         cfg = load_train_config(config, {"data.path": data, "data.on_bad_sample": on_bad_sample})
         if Path(out).exists() and any(Path(out).iterdir()) and not force:
             raise ConfigError(f"{out} exists and is not empty; pass --force to replace it")
+        if like and fmt != "verl":
+            raise ConfigError("--like casts to a parquet schema: it applies to --format verl")
         samples, report = read_samples(cfg.data)
-        path = export_verl(samples, cfg, Path(out), model or cfg.model.path or "Qwen/Qwen2.5-VL-3B-Instruct")
-    except (ConfigError, DataError) as e:
+        base = model or cfg.model.path or "Qwen/Qwen2.5-VL-3B-Instruct"
+        if fmt == "verl":
+            path = export_verl(samples, cfg, Path(out), base, image_root,
+                               Path(like) if like else None)
+            files = "train.parquet and run_vision_opd.sh"
+        else:
+            path = export_swift(samples, cfg, Path(out), base, image_root)
+            files = "train.jsonl and run_swift_opsd.sh"
+    except (ConfigError, DataError, VerlExportError, SwiftExportError) as e:
         _fail(e)
-    click.echo(f"{report.summary()}; wrote {path}/train.parquet and {path}/run_vision_opd.sh")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} rows; first: {report.skipped[0]}", err=True)
+    click.echo(f"{report.summary()}; wrote {path}/{files}")
+
+
+@main.command("extract-data")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--remove", is_flag=True, help="Delete each archive once it is extracted.")
+def extract_data(dataset, remove):
+    """Extract a dataset's image archives (Vision-OPD-6K's images/*.tar.gz*,
+    teacher_images/*.tar.gz) into their folders, where its train.jsonl points."""
+    import time
+
+    from .archives import extract
+    from .data import DataError
+    from .metrics import format_eta
+
+    start, last = time.time(), [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.time()
+        if now - last[0] < 2 and done < total:
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-9)
+        click.echo(f"extract {done / 2**30:.2f}/{total / 2**30:.2f} GiB | "
+                   f"{rate / 2**20:.0f} MiB/s | ETA {format_eta((total - done) / max(rate, 1))}",
+                   err=True)
+    try:
+        n = extract(Path(dataset), show, remove=remove)
+    except DataError as e:
+        _fail(e)
+    click.echo(f"extracted {n} files in {time.time() - start:.0f} s; "
+               f"next: mlx-opd train --data {dataset} --model M")
 
 
 @main.command()

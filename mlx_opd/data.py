@@ -5,9 +5,11 @@ evidence box and optionally the answer (used only for evaluation) and a precompu
 teacher image. Readers:
 - JSONL: one object per line, keys `image`, `question`, `options`, `box`, `box_format`,
   `answer`, `teacher_image`, `id`; image paths are relative to the file's folder.
-- the authors' Vision-OPD-6K rows (`images`, `teacher_images`, `problem`, `answer`,
-  `extra_info`) in parquet: the student image already carries the red box and the
-  problem already carries the hint, options and answer instruction;
+- the authors' layouts, recognised by their columns in JSONL or parquet alike: the
+  published Vision-OPD-6K rows (`images`, `teacher_images`, `problem`, `answer`,
+  `extra_info`; a dataset folder reads as its train.jsonl) and the parquet their
+  prepare_data.py writes (`prompt`, `images`, `bbox_images`, `extra_info`): the student
+  image already carries the red box and the problem the hint, options and instruction;
 - a parquet file / folder of parquet files / `datasets.save_to_disk` folder with a
   column mapping (our field -> their column).
 Every row is validated when read (image decodes, box inside it); a bad row raises a
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .archives import archive_groups, extract_hint
 from .config import DataConfig
 from .errors import DataError
 from .images import ImageRef, image_size
@@ -43,6 +46,7 @@ class Sample:
     where: str = ""               # "file:line" / "file row N", for messages
     prompt_complete: bool = False  # question already holds hint, options, instruction
     boxed_image: bool = False      # image already has the evidence box drawn
+    clean_image: ImageRef | None = None  # the unboxed original of a boxed `image`
 
 
 @dataclass
@@ -158,29 +162,109 @@ def make_sample(row: dict, base: Path, where: str, default_box_format: str = "xy
 
 _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 
+# The authors' layouts, told apart by their columns (never by the file's extension):
+# - published: Vision-OPD-6K's train.jsonl (hub yuanqianhao/Vision-OPD-6K), as read by
+#   VisionOPD/Vision-OPD scripts/prepare_data.py build_record (@c2e345f, lines 64-91):
+#   images[0], teacher_images[0] (paths relative to the dataset folder), problem, answer,
+#   extra_info;
+# - prepared: the parquet that build_record writes: prompt [{role, content: problem}],
+#   images [{"path"}], bbox_images [{"path"}] (the crop), reward_model.ground_truth,
+#   extra_info {answer, question, source_extra_info: the published extra_info}.
+PUBLISHED_COLUMNS = ("images", "teacher_images", "problem")
+PREPARED_COLUMNS = ("images", "bbox_images", "prompt")
+
+
+def authors_layout(row: dict) -> str | None:
+    """'published' | 'prepared' for rows in the authors' layouts, else None."""
+    if all(k in row for k in PREPARED_COLUMNS):
+        return "prepared"
+    if all(k in row for k in PUBLISHED_COLUMNS):
+        return "published"
+    return None
+
+
+def _as_dict(value: Any) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _prompt_text(prompt: Any, where: str) -> str:
+    """The user turn's text of a verl `prompt` column (a list of chat messages)."""
+    if isinstance(prompt, str):
+        try:
+            prompt = json.loads(prompt) if prompt.lstrip().startswith("[") else prompt
+        except json.JSONDecodeError:
+            pass
+        if isinstance(prompt, str):
+            return prompt
+    if isinstance(prompt, (list, tuple)):
+        for msg in prompt:
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                content = msg.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, (list, tuple)):  # [{"type": "text", "text": ...}]
+                    return "".join(c.get("text") or "" for c in content if isinstance(c, dict))
+    raise DataError(f"field 'prompt' has no user message with text: {str(prompt)[:80]!r}",
+                    where, "write prompt as [{\"role\": \"user\", \"content\": \"<image>...\"}]")
+
+
+def _moved_path(ref: ImageRef, base: Path) -> ImageRef:
+    """prepare_data.py writes absolute paths of the machine it ran on: when one is gone,
+    the same folder/name under this dataset's folder (images/x.jpg) is tried."""
+    if isinstance(ref, Path) and ref.is_absolute() and not ref.exists():
+        moved = base / ref.parent.name / ref.name
+        if moved.exists():
+            return moved
+    return ref
+
 
 def make_vision_opd_sample(row: dict, base: Path, where: str) -> Sample:
-    """A row in the authors' Vision-OPD-6K layout (boxed image, crop, complete problem)."""
-    image = _image_ref(need(row, "images", where), base, where, "images")
-    teacher = _image_ref(need(row, "teacher_images", where), base, where, "teacher_images")
-    problem = _IMAGE_PLACEHOLDER.sub("", need(row, "problem", where)).strip()
+    """A row in the authors' layouts (boxed image, crop, complete problem: the student
+    image already carries the red box and the problem the hint, options and instruction,
+    so neither is added again)."""
+    layout = authors_layout(row) or "published"
+    teacher_key = "bbox_images" if layout == "prepared" else "teacher_images"
+    image = _moved_path(_image_ref(need(row, "images", where), base, where, "images"), base)
+    teacher = _moved_path(_image_ref(need(row, teacher_key, where), base, where, teacher_key),
+                          base)
+    extra = _as_dict(row.get("extra_info"))
+    if layout == "prepared":
+        problem = _prompt_text(need(row, "prompt", where), where)
+        answer = _as_dict(row.get("reward_model")).get("ground_truth", extra.get("answer"))
+        source = _as_dict(extra.get("source_extra_info"))
+    else:
+        problem = need(row, "problem", where)
+        answer = row.get("answer")
+        if isinstance(answer, dict):  # verl reward_model style {"ground_truth": ...}
+            answer = answer.get("ground_truth")
+        source = extra | {k: row[k] for k in ("bbox", "original_images") if row.get(k)}
+    if not isinstance(problem, str):
+        raise DataError(f"the problem text is {type(problem).__name__}, not text", where,
+                        "give the question (with its <image> placeholder) as a string")
     size = image_size(image, where)
     image_size(teacher, where)
-    extra = row.get("extra_info") or {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            extra = {}
-    bbox = extra.get("bbox") if isinstance(extra, dict) else None
-    box = box_to_xyxy(list(bbox), "xyxy", size, where) if bbox is not None else None
-    answer = row.get("answer")
-    if isinstance(answer, dict):  # verl reward_model style {"ground_truth": ...}
-        answer = answer.get("ground_truth")
-    return Sample(image=image, question=problem, box=box, answer=None if answer is None
-                  else str(answer), teacher_image=teacher, id=str(extra.get("index", where))
-                  if isinstance(extra, dict) else where, where=where, prompt_complete=True,
-                  boxed_image=True)
+    box = None
+    bbox = source.get("bbox")
+    if bbox is not None:  # informational: the crop is given, so a box that does not fit
+        try:              # this image (another resolution) is dropped, not fatal
+            box = box_to_xyxy(list(bbox), "xyxy", size, where)
+        except (DataError, TypeError):
+            box = None
+    clean = source.get("original_images") or extra.get("original_images")
+    if clean:  # later revisions of the dataset ship the clean originals too
+        clean = _moved_path(_image_ref(clean, base, where, "original_images"), base)
+        if image_size(clean, where) != size:
+            clean = None
+    rid = source.get("id", source.get("index", extra.get("index")))
+    return Sample(image=image, question=_IMAGE_PLACEHOLDER.sub("", problem).strip(), box=box,
+                  answer=None if answer in (None, "") else str(answer), teacher_image=teacher,
+                  id=str(where if rid is None else rid), where=where, prompt_complete=True,
+                  boxed_image=True, clean_image=clean or None)
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -200,6 +284,10 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             yield where, row
 
 
+PARQUET_MAGIC = b"PAR1"
+PUBLISHED_FILE = "train.jsonl"  # Vision-OPD-6K's one row file
+
+
 def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
     """Rows of a parquet file, a folder of parquet files, or a datasets folder."""
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
@@ -211,6 +299,7 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(ds):
             yield f"{path} row {i}", row
         return
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
@@ -218,40 +307,93 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
         raise DataError("no .parquet files found", str(path),
                         "point --data at a .jsonl file, a .parquet file or a folder of them")
     for file in files:
-        table = pq.read_table(file)
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{file} row {i}", row
+        try:
+            pf = pq.ParquetFile(file)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"cannot read it as parquet ({str(e).splitlines()[0][:120]})",
+                            str(file), "check that the file is complete parquet, or give "
+                            "JSONL (one object per line)") from None
+        i = 0
+        for batch in pf.iter_batches(batch_size=256):  # a 4 GB file is never loaded whole
+            for row in batch.to_pylist():
+                yield f"{file} row {i}", row
+                i += 1
+
+
+def _sniff(path: Path) -> str:
+    """'parquet' or 'jsonl' from a file's first bytes, whatever its name."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    if head.lstrip()[:1] in (b"{", b"") or path.suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    raise DataError(f"cannot tell the data format of {path.name} (neither JSON lines nor "
+                    f"parquet: it starts with {head!r})", str(path),
+                    "give a .jsonl file (one JSON object per line), a .parquet file or a folder")
+
+
+def resolve_data_path(path: Path) -> Path:
+    """A Vision-OPD-6K folder (its train.jsonl beside images/ and teacher_images/) reads as
+    its train.jsonl; other folders as parquet / datasets folders; files as they are."""
+    if path.is_dir() and (path / PUBLISHED_FILE).is_file() \
+            and not (path / "dataset_info.json").exists():
+        return path / PUBLISHED_FILE
+    return path
 
 
 def detect_format(path: Path) -> str:
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    if path.suffix == ".parquet" or path.is_dir():
-        return "parquet"
-    raise DataError(f"cannot tell the data format of {path.name}", str(path),
-                    "use a .jsonl file, a .parquet file or a folder, or set format explicitly")
+    """'jsonl' or 'parquet' by content (parquet magic bytes), folders are parquet."""
+    return "parquet" if path.is_dir() else _sniff(path)
+
+
+def _check_extracted(row: dict, base: Path, where: str) -> None:
+    """Stop at the first row when the authors' images are still in their tarballs."""
+    if authors_layout(row) is None or not archive_groups(base):
+        return
+    for key in ("images", "teacher_images", "bbox_images"):
+        if row.get(key):
+            try:
+                ref = _moved_path(_image_ref(row[key], base, where, key), base)
+            except DataError:
+                return
+            if isinstance(ref, Path) and not ref.exists():
+                names = [p.name for parts in archive_groups(base).values() for p in parts]
+                raise DataError(f"image {ref} is not there: the dataset's images are still "
+                                f"in their archives ({', '.join(names)})", where,
+                                f"extract them once: {extract_hint(base)}")
 
 
 def read_samples(cfg: DataConfig) -> tuple[list[Sample], ReadReport]:
     """Read and validate all samples of `cfg.path`. Raises DataError on the first bad row
-    (on_bad_sample=error) or skips and counts it (skip); an empty result is an error."""
+    (on_bad_sample=error) or skips and counts it (skip); an empty result is an error.
+    Rows in the authors' layouts are recognised by their columns in any container."""
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise DataError("data path not found", str(path), "check --data")
-    fmt = detect_format(path) if cfg.format == "auto" else cfg.format
+    path = resolve_data_path(path)
+    fmt = cfg.format
+    if fmt in ("auto", "vision_opd"):
+        fmt = detect_format(path)
+    elif path.is_file() and _sniff(path) != fmt:
+        raise DataError(f"data.format is {fmt} but the file is {_sniff(path)}", str(path),
+                        "drop data.format (auto tells them apart by their content)")
     base = path.parent if path.is_file() else path
     rows = jsonl_rows(path) if fmt == "jsonl" else _table_rows(path)
     report, out = ReadReport(), []
     cols = dict(cfg.columns)
+    first = True
     for where, row in rows:
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
+        if first:
+            _check_extracted(row, base, where)
+            first = False
         try:
             if cols:
                 row = {ours: row.get(theirs) for ours, theirs in cols.items()} | {
                     k: v for k, v in row.items() if k not in cols.values()}
-            if fmt == "vision_opd" or (fmt == "parquet" and "problem" in row
-                                       and "teacher_images" in row):
+            if cfg.format == "vision_opd" or (not cols and authors_layout(row)):
                 s = make_vision_opd_sample(row, base, where)
             else:
                 s = make_sample(row, base, where, cfg.box_format)

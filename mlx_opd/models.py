@@ -74,6 +74,21 @@ class ModelNotFoundError(FileNotFoundError):
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The snapshot folder of a hub model in the local cache (at a commit, or where
+    refs/main points), or None. Offline, some huggingface_hub releases (1.33) refuse a
+    pinned commit without looking at the cache; a commit's snapshot cannot change."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    rev = revision
+    if rev is None or not re.fullmatch(r"[0-9a-f]{40}", rev):
+        ref = root / "refs" / (rev or "main")
+        rev = ref.read_text().strip() if ref.is_file() else None
+    snap = root / "snapshots" / rev if rev else None
+    return snap if snap is not None and snap.is_dir() else None
+
+
 def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
                  need: str = "config.json", revision: str | None = None) -> Path:
     """A local folder as is; a hub id (ORG/NAME) from the local cache or downloaded
@@ -95,10 +110,13 @@ def resolve_path(model: str | Path, allow_patterns: list[str] | None = None,
                                  "ORG/NAME); check the path")
     from mlx_vlm.utils import get_model_path
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    cached = _cached_snapshot(text, revision) if offline else None
+    if cached is not None and (not need or (cached / need).exists()):
+        return cached
     try:
         return Path(get_model_path(text, revision=revision, allow_patterns=allow_patterns))
     except Exception as e:  # the hub client raises many types; all mean "not here"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a "
                "download" if offline else "the hub could not provide it")
         what = f"model {text!r}" + (f" at revision {revision}" if revision else "")

@@ -103,6 +103,9 @@ def crop_box(image: Image.Image, box, cfg: ViewConfig) -> Image.Image:
 
 
 def plain_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
+    if sample.boxed_image and sample.clean_image is not None:
+        return View("plain", open_rgb(sample.clean_image, sample.where),
+                    question_text(sample, cfg, False))
     if sample.boxed_image:
         raise DataError("this row only has the image with the red box drawn (the authors' "
                         "layout), so there is no plain full view", sample.where,
@@ -128,6 +131,6 @@ def teacher_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
 
 def all_views(sample: Sample, cfg: ViewConfig = ViewConfig()) -> dict[str, View]:
     out = {"student": student_view(sample, cfg), "teacher": teacher_view(sample, cfg)}
-    if not sample.boxed_image:
+    if not sample.boxed_image or sample.clean_image is not None:
         out = {"plain": plain_view(sample, cfg)} | out
     return out

@@ -169,13 +169,14 @@ def test_bad_inputs_leave_nothing_behind(tiny_dir, work, tmp_path, monkeypatch):
 
 
 def test_export_data_verl_reads_back(tmp_path):
+    """Our reader takes an export back (the engines' own checks: tests/test_engines.py)."""
     import pyarrow.parquet as pq
     from click.testing import CliRunner
 
     from mlx_opd.cli import main
     from mlx_opd.config import DataConfig
     from mlx_opd.data import read_samples
-    from mlx_opd.verl import COLUMNS, HYPER_KEYS, OPD_VARIABLES
+    from mlx_opd.verl import COLUMNS
 
     data = Path(__file__).resolve().parents[1] / "examples" / "data" / "samples.jsonl"
     config = Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml"
@@ -188,19 +189,11 @@ def test_export_data_verl_reads_back(tmp_path):
     src = [json.loads(ln) for ln in data.read_text().splitlines()]
     assert len(rows) == len(src)
     for row, s in zip(rows, src):
-        assert row["answer"] == s["answer"] and row["extra_info"]["bbox"] == s["box"]
-        assert row["problem"].startswith("<image>") and s["question"] in row["problem"]
-        assert row["prompt"][0]["content"] == row["problem"]
-    # our own reader takes the authors' layout back
+        assert row["reward_model"]["ground_truth"] == s["answer"]
+        assert row["extra_info"]["source_extra_info"]["bbox"] == [round(v) for v in s["box"]]
+        assert row["prompt"][0]["content"].startswith("<image>\n")
+        assert s["question"] in row["prompt"][0]["content"]
     again, _ = read_samples(DataConfig(path=str(tmp_path / "v" / "train.parquet")))
     assert [a.answer for a in again] == [s["answer"] for s in src]
     assert all(a.boxed_image and a.prompt_complete for a in again)
-    script = (tmp_path / "v" / "run_vision_opd.sh").read_text()
-    for key in HYPER_KEYS:
-        assert f"{key}=" in script
-    for var in OPD_VARIABLES:
-        assert f"{var}=" in script
-    assert "actor_rollout_ref.rollout.n=4" in script  # examples/tiny.yaml's rollout.n
-    import pandas
-
-    assert list(pandas.read_parquet(tmp_path / "v" / "train.parquet").columns) == list(COLUMNS)
+    assert "actor_rollout_ref.rollout.n=4" in (tmp_path / "v" / "run_vision_opd.sh").read_text()
