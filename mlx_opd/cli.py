@@ -534,7 +534,7 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
 @click.option("--out", type=click.Path(dir_okay=False), help="EVAL.json")
 @click.option("--benchmark", type=click.Choice(BENCHMARK_NAMES),
               help="Evaluate one of the paper's benchmarks with its prompt template.")
-@click.option("--variant", help="Benchmark variant: mme-realworld en (Lite, default) | cn.")
+@click.option("--variant", help="Benchmark variant: mme-realworld en (full, default) | lite | cn.")
 @click.option("--views", default=None,
               help="Comma-separated views. Data: plain, student, teacher (default all). "
                    "Benchmarks: plain, teacher (default plain, plus teacher = evidence crop "
@@ -612,7 +612,7 @@ def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_
     from .bench import registry
     from .bench.judge import make_judge
     from .bench.run import run_benchmark, settings_for
-    from .bench.source import resolve
+    from .bench.source import resolve, resolve_parts
     from .errors import DataError
     from .files import OutputExistsError
 
@@ -625,11 +625,14 @@ def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_
         settings = settings_for(bench, variant, data, model, adapter,
                                 [v.strip() for v in views.split(",")] if views else None,
                                 max_tokens, pixels, view_cfg)
-        root = resolve(data, bench.allow_patterns, bench.layout)
+        if bench.hub_parts and data == bench.hub_id:
+            root = resolve_parts(bench.hub_parts, Path(out).with_suffix(".sources"))
+        else:
+            root = resolve(data, bench.allow_patterns, bench.layout)
         loaded = models.load(model, adapter)
         judge = None
         if judge_model:
-            judge = make_judge(models.load(judge_model), bench.answer_kind, judge_model,
+            judge = make_judge(models.load(judge_model), judge_model,
                                log=lambda m: click.echo(m, err=True))
         summary = run_benchmark(loaded, bench, root, Path(out), settings, pixels, view_cfg,
                                 limit, force, judge=judge)
@@ -648,23 +651,30 @@ def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_
 
 def _benchmark_summary(s: dict) -> str:
     lines = [f"{s['title']}: n={s['n']} ({s['reused']} cached, {s['computed']} answered now), "
-             f"{s['unparsed']} unparsed"]
+             f"{s['unparsed']} unparsed" + (f", {s['unreadable']} unreadable rows skipped"
+                                             if s.get("unreadable") else "")]
     for v, a in s["views"].items():
         lines.append(f"  {v:<8} accuracy {a['acc']:.3f} ({a['correct']}/{a['n']})")
     if "gap" in s:
         lines.append(f"  gap (crop - full) {s['gap']:+.3f} over {s['gap_n']} samples")
-    for c, per in s["by_category"].items():
-        lines.append(f"  {c}: " + ", ".join(f"{v} {a['acc']:.3f} (n={a['n']})"
-                                             for v, a in per.items()))
-    for key in ("pair_acc", "cvbench_score"):
+    for title, block in (("", s["by_category"]), ("type ", s.get("by_type", {}))):
+        for c, per in block.items():
+            parts = [f"{v} {a['acc']:.3f} (n={a['n']})" for v, a in per.items()
+                     if isinstance(a, dict)]
+            if "gap" in per:
+                parts.append(f"gap {per['gap']:+.3f}")
+            lines.append(f"  {title}{c}: " + ", ".join(parts))
+    for key in ("cvbench_score", "cvbench_cambrian", "hrbench_cycle_mean", "visualprobe_mean",
+                "pair_acc", "ceiling"):
         if key in s:
             lines.append(f"  {key} {s[key]:.3f}")
     if "pope" in s:
         lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in s["pope"].items()))
     if "judge" in s:
         j = s["judge"]
-        lines.append(f"  judge {j['model']}: resolved {j['resolved']}/{j['looked_at']} unparsed; "
-                     "accuracy with its readings " + ", ".join(
+        lines.append(f"  judge {j['model']} (the authors' judge prompt): accepted "
+                     f"{j['accepted']}/{j['looked_at']} replies the rules did not score right; "
+                     "accuracy with its verdicts " + ", ".join(
                          f"{v} {a:.3f}" for v, a in j["acc_with_judge"].items()))
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
-"""The paper's benchmarks: fixtures in each published layout, prompts equal to the paper's
-templates character for character, answer extraction, scores against direct counts and a
-float64 oracle, and `eval --benchmark` end to end with resume, the gap and the hub cache."""
+"""The paper's benchmarks: fixtures in each published layout, prompts equal to what the
+authors' own harness sends for the same files (recorded from their code), answers read as
+their rules read them (and where they misread), scores against direct counts and a float64
+oracle, and `eval --benchmark` end to end with resume, the gap and the hub cache."""
 
 import base64
 import csv
@@ -21,6 +22,7 @@ from PIL import Image
 
 from mlx_opd.bench import answers, registry, scores
 from mlx_opd.bench.cache import open_cache
+from mlx_opd.bench.item import Unreadable
 from mlx_opd.bench.judge import read_verdict
 from mlx_opd.bench.names import BENCHMARK_NAMES, VARIANTS
 from mlx_opd.bench.report import compare, load_eval
@@ -28,75 +30,25 @@ from mlx_opd.bench.vstar import rotate_correct_first
 from mlx_opd.cli import main
 from mlx_opd.files import OutputExistsError
 
+from .answer_table import TABLE
+
 FIX = Path(__file__).parent / "fixtures"
-# The paper's Appendix B templates (../shared/design/method.md), {options} "A. text" lines.
-VSTAR = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-HR_CV = "{question} Select from the following choices.\n{options}"
-MME_EN = ("{question} The choices are listed below:\n{options}\nSelect the best answer to the "
-          "above multiple-choice question based on the image. Respond with only the letter "
-          "(A, B, C, D, or E) of the correct option.\nThe best answer is:")
-MME_CN = ("{question} 选项如下所示:\n{options}\n根据图像选择上述多项选择题的最佳答案。"
-          "只需回答正确选项的字母（A, B, C, D 或 E）。\n最佳答案为：")
-MMVP = "{question} {options}"
-MMSTAR = "{question}\nOptions: {options}"
-POPE = "{question}\nAnswer the question using a single word or phrase."
+AUTHORS = json.loads((FIX / "authors_prompts.json").read_text())
+READINGS = json.loads((FIX / "authors_readings.json").read_text())["readings"]
+FOLDERS = {"mme-realworld/en": "mme-realworld", "mme-realworld/lite": "mme-realworld",
+           "mme-realworld/cn": "mme-realworld-cn"}
+ALL = sorted(AUTHORS["benchmarks"])
 
 
-def lines(opts):
-    return "\n".join(f"{'ABCDE'[i]}. {o}" for i, o in enumerate(opts))
+def fixture_dir(key):
+    return FIX / FOLDERS.get(key, key)
 
 
-def parquet(path):
-    return [r for f in sorted(Path(path).glob("**/*.parquet")) for r in pq.read_table(f).to_pylist()]
-
-
-def expected_prompts(name, variant):
-    """(id, prompt, answer, category) straight from the raw files, by the paper's text."""
-    if name == "vstar":
-        rows = [json.loads(x) for x in (FIX / "vstar/test_questions.jsonl").read_text().splitlines()]
-        out = []
-        for r in rows:
-            body = r["text"].split("\nAnswer with")[0]
-            q, rest = body.split("\n(A) ", 1)
-            opts = [o.split(") ", 1)[-1] for o in ("(A) " + rest).split("\n")]
-            out.append((str(r["question_id"]), VSTAR.format(question=q, options=lines(opts)),
-                        r["label"], r["category"]))
-        return out
-    if name in ("hrbench4k", "hrbench8k"):
-        return [(str(r["index"]), HR_CV.format(question=r["question"],
-                                               options=lines([r[c] for c in "ABCD"])),
-                 r["answer"], r["category"]) for r in parquet(FIX / name)]
-    if name == "mme-realworld":
-        folder, tpl = (("mme-realworld-cn", MME_CN) if variant == "cn" else ("mme-realworld", MME_EN))
-        return [(r["index"], tpl.format(question=r["question"],
-                                        options="\n".join(r["multi-choice options"])),
-                 r["answer"], r["category"]) for r in parquet(FIX / folder)]
-    if name == "mmvp":
-        with open(FIX / "mmvp/Questions.csv", newline="") as f:
-            return [(r["Index"], MMVP.format(question=r["Question"], options=r["Options"]),
-                     r["Correct Answer"].strip("()").upper(), "all") for r in csv.DictReader(f)]
-    if name == "cvbench":
-        return [(f"{r['type']}-{r['idx']}", HR_CV.format(question=r["question"],
-                                                          options=lines(r["choices"])),
-                 r["answer"].strip("()"), r["task"]) for r in parquet(FIX / "cvbench")]
-    if name == "mmstar":
-        out = []
-        for r in parquet(FIX / "mmstar"):
-            q, opts = r["question"].split("\nOptions: ")
-            out.append((str(r["index"]), MMSTAR.format(question=q, options=opts), r["answer"],
-                        r["category"]))
-        return out
-    if name == "pope":
-        return [(r["question_id"], POPE.format(question=r["question"]), r["answer"],
-                 r["category"]) for r in parquet(FIX / "pope")]
-    raise AssertionError(name)
-
-
-ALL = [(n, v) for n in BENCHMARK_NAMES for v in VARIANTS.get(n, (None,))]
-
-
-def fixture_dir(name, variant):
-    return FIX / ("mme-realworld-cn" if variant == "cn" else name)
+def read_items(key):
+    name, _, variant = key.partition("/")
+    bench = registry.get(name, variant or None)
+    total, items = bench.read(fixture_dir(key))
+    return bench, total, list(items)
 
 
 def test_benchmark_names_match_registry():
@@ -106,34 +58,58 @@ def test_benchmark_names_match_registry():
     with pytest.raises(ValueError, match="did you mean 'pope'"):
         registry.get("popee")
     assert registry.get("mme-realworld", "CN").title == "MME-RealWorld (CN)"
-    with pytest.raises(ValueError, match="must be one of en, cn"):
+    # `mme-realworld` is the full English set, as the authors' harness names it
+    assert registry.get("mme-realworld").hub_id == "yifanzhang114/MME-RealWorld-Lmms-eval"
+    with pytest.raises(ValueError, match="must be one of en, lite, cn"):
         registry.get("mme-realworld", "zh")
 
 
-@pytest.mark.parametrize("name,variant", ALL)
-def test_benchmark_prompt_is_the_papers_template(name, variant):
-    bench = registry.get(name, variant)
-    total, items = bench.read(fixture_dir(name, variant))
-    got = [(i.id, bench.prompt(i), i.answer, i.category) for i in items]
-    want = expected_prompts(name, variant)
-    assert total == len(want) and len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g == w  # character for character
+@pytest.mark.parametrize("key", ALL)
+def test_benchmark_prompt_is_what_the_authors_harness_sends(key):
+    """The authors' eval/prepare_data.py run on these same fixture files
+    (tests/fixtures/record_authors_prompts.py) gives, row for row, our prompt and gold."""
+    bench, total, items = read_items(key)
+    theirs = AUTHORS["benchmarks"][key]
+    assert not [i for i in items if isinstance(i, Unreadable)]
+    assert total == len(items) == len(theirs)  # POPE: the default config's rows, once
+    for item, t in zip(items, theirs):
+        assert bench.prompt(item) == t["sent"]  # character for character
+        kind = item.kind or bench.answer_kind
+        gold = t["response"].strip().strip("()").upper() if kind == "letter" else t["response"]
+        assert item.answer == gold
+
+
+def test_benchmark_ids_are_unique_and_pope_reads_the_default_config_once():
+    for key in ALL:
+        _, _, items = read_items(key)
+        ids = [i.id for i in items]
+        assert len(ids) == len(set(ids)), key
+    _, total, items = read_items("pope")
+    raw = pq.read_table(FIX / "pope/data/test-00000-of-00001.parquet")
+    assert total == raw.num_rows == 5  # Full/ holds the same 5 again and is not read
+    assert len({r["question_id"] for r in raw.to_pylist()}) < raw.num_rows  # ids repeat
 
 
 def test_benchmark_options_are_split_as_written():
     """Options matter beyond the prompt: answers are also matched by option text."""
-    _, items = registry.get("mmstar").read(FIX / "mmstar")
-    assert next(items).options == ("a red ball", "a blue box", "a green tree",
-                                   "nothing, the corner is empty")
-    _, items = registry.get("mmvp").read(FIX / "mmvp")
-    assert next(items).options == ("Yes", "No")
-    _, items = registry.get("mme-realworld", "cn").read(FIX / "mme-realworld-cn")
-    assert next(items).options == ("绿色", "红色", "蓝色", "黄色", "图像中没有")
+    _, _, items = read_items("mmstar")
+    assert [i.options for i in items] == [
+        ("a red ball", "a blue box", "a green tree", "nothing, the corner is empty"),
+        ("Yes", "No"),                      # newline-separated
+        ("1", "2", "3"),                    # MathVista's Hint/Question/Choices layout
+        ("yes", "no"),                      # `nan` padding dropped
+        ("a ball", "a box", "a tree")]
+    _, _, items = read_items("mmvp")
+    assert items[0].options == ("Yes", "No")
+    _, _, items = read_items("mme-realworld/cn")
+    assert items[0].options == ("绿色", "红色", "蓝色", "黄色", "图像中没有")
+    _, _, items = read_items("hrbench4k")
+    assert items[0].options == ("blue", "green", "white", "")  # D empty: left out of the prompt
 
 
 def test_benchmark_fixtures_keep_the_published_layouts():
-    """Column names, types and image encodings as the dataset cards give them."""
+    """Column names, types and image encodings (tests/fixtures/make_benchmarks.py cites
+    where each was read)."""
     hr = pq.read_table(FIX / "hrbench4k/hr_bench_4k.parquet")
     assert hr.schema.names == ["index", "question", "answer", "category", "A", "B", "C", "D",
                                "cycle_category", "image"]
@@ -143,10 +119,14 @@ def test_benchmark_fixtures_keep_the_published_layouts():
     mme = pq.read_table(next((FIX / "mme-realworld/data").glob("*.parquet")))
     assert {"index", "question", "multi-choice options", "answer", "category", "l2-category",
             "bytes"} <= set(mme.schema.names)
+    assert str(mme.schema.field("index").type) == "int64"
     assert str(mme.schema.field("multi-choice options").type) == "list<element: string>"
-    for folder, col in (("cvbench", "image"), ("mmstar", "image"), ("pope", "image")):
+    assert str(pq.read_schema(FIX / "mmstar/mmstar.parquet").field("image").type) == "binary"
+    for folder in ("cvbench", "pope", "zoombench"):
         t = pq.read_table(next((FIX / folder).glob("**/*.parquet")))
-        assert str(t.schema.field(col).type) == "struct<bytes: binary, path: string>"
+        assert str(t.schema.field("image").type) == "struct<bytes: binary, path: string>"
+    assert {"id", "query", "response", "image", "crop_image"} <= set(
+        pq.read_schema(FIX / "zoombench/data/test.parquet").names)
     cv = pq.read_table(FIX / "cvbench/test_2d.parquet")
     assert {"idx", "type", "task", "question", "choices", "answer", "prompt", "source"} <= set(
         cv.schema.names) and cv.column("answer")[0].as_py().startswith("(")
@@ -157,6 +137,9 @@ def test_benchmark_fixtures_keep_the_published_layouts():
     assert set(q) == {"image", "text", "category", "question_id", "label"}
     ann = json.loads((FIX / "vstar" / q["image"]).with_suffix(".json").read_text())
     assert set(ann) == {"target_object", "bbox", "question", "options"}
+    vp = json.loads((FIX / "visualprobe/VisualProbe_Easy/val.json").read_text())
+    assert set(vp[0]) == {"images", "problem", "solution"}
+    assert vp[0]["images"][0].startswith("VisualProbe_Easy/")
 
 
 def test_benchmark_vstar_boxes_and_folder_only_layout(tmp_path):
@@ -168,6 +151,11 @@ def test_benchmark_vstar_boxes_and_folder_only_layout(tmp_path):
     (x, y, w, h), (x2, y2, w2, h2) = ann["bbox"]
     rp = next(i for i in items if i.extra["image"].endswith("sa_201.jpg"))
     assert rp.box == (min(x, x2), min(y, y2), max(x + w, x2 + w2), max(y + h, y2 + h2))
+    # lmms-lab's parquet (the authors' source) has the same text and no boxes
+    _, lm = bench.read(FIX / "vstar-lmms")
+    lm = list(lm)
+    assert [bench.prompt(i) for i in lm] == [bench.prompt(i) for i in items]
+    assert all(i.box is None and not i.has_crop_view for i in lm)
     # without test_questions.jsonl: options from NAME.json, correct one moved off "A" by hash
     shutil.copytree(FIX / "vstar", tmp_path / "v")
     (tmp_path / "v/test_questions.jsonl").unlink()
@@ -180,21 +168,79 @@ def test_benchmark_vstar_boxes_and_folder_only_layout(tmp_path):
     assert letters == set("ABCD")
 
 
-@pytest.mark.parametrize("text,options,want", [
-    ("B", ["x", "y"], "B"), ("(a)", ["Yes", "No"], "A"), ("(b) No", ["Yes", "No"], "B"),
-    ("The answer is C.", ["p", "q", "r"], "C"), ("a cat", ["dog", "cat"], "B"),
-    ("(c)", ["Yes", "No"], None), ("", ["x"], None),
-])
-def test_benchmark_letter_parsing(text, options, want):
-    assert answers.parse_letter(text, options) == want
+@pytest.mark.parametrize("row", TABLE, ids=[f"{i}:{r[0][:24]}" for i, r in enumerate(TABLE)])
+def test_benchmark_answer_table(row):
+    reply, kind, options, lower, gold, want, want_correct, _source = row
+    parsed, correct = answers.grade(kind, reply, gold, options, lower)
+    assert parsed == want and correct == want_correct
 
 
-@pytest.mark.parametrize("text,want", [
-    ("Yes", "yes"), ("no.", "no"), ("Yes, there is a ball.", "yes"), ("There is no ball", "no"),
-    ("yes and no", None), ("maybe", None), ("", None), ("Nothing", None),
-])
-def test_benchmark_yes_no_parsing(text, want):
-    assert answers.parse_yes_no(text) == want
+def test_benchmark_answer_table_against_the_authors_rules():
+    """Where the authors' own rules (their code, recorded) score a reply right, ours do too,
+    except replies naming two options; where theirs raise or hand the reply to their LLM
+    judge, ours read what a person reads."""
+    assert len(TABLE) >= 30 and [r["reply"] for r in READINGS] == [t[0] for t in TABLE]
+    for (reply, kind, options, lower, gold, *_), theirs in zip(TABLE, READINGS):
+        _, ours = answers.grade(kind, reply, gold, options, lower)
+        if theirs["authors"] == "correct" and reply != "B and C":
+            assert ours, reply
+    assert sum(r["authors"] != "correct" for r in READINGS) >= 10  # the cases ours read more
+
+
+def test_benchmark_equivalence_is_mathrulers():
+    """Open answers: the authors' grader itself (mathruler) on the cleaned reply."""
+    from mathruler.grader import grade_answer
+
+    for said, gold in (("0.5", "1/2"), ("Red", "red"), ("12", "twelve"), ("3 apples", "3")):
+        assert answers.equivalent(said, gold) == grade_answer(said, gold)
+    assert answers.equivalent("The answer is 0.5.", "1/2") and not grade_answer(
+        "The answer is 0.5.", "1/2")
+
+
+def test_benchmark_unreadable_row_is_counted_not_fatal(tiny_dir, tmp_path):
+    """A row the adapter cannot read is reported by id and counted; the run completes."""
+    import pyarrow as pa
+
+    t = pq.read_table(FIX / "mmstar/mmstar.parquet").to_pylist()
+    t[1]["image"] = b"not an image"
+    t[2]["question"] = None
+    d = tmp_path / "mmstar"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist(t, schema=pq.read_schema(FIX / "mmstar/mmstar.parquet")),
+                   d / "mmstar.parquet")
+    out = tmp_path / "o.json"
+    r = _run(["eval", "--benchmark", "mmstar", "--data", str(d), "--model",
+              str(tiny_dir["qwen2_5_vl"]), "--out", str(out), "--max-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(out.read_text())
+    assert s["unreadable"] == 2 and [u["id"] for u in s["unreadable_rows"]] == ["1", "2"]
+    assert s["n"] == 3 and "2 unreadable rows skipped" in r.output
+    assert "not a valid image" in s["unreadable_rows"][0]["reason"]
+
+
+def test_benchmark_zoombench_and_visualprobe_report_their_headlines(tiny_dir, tmp_path):
+    out = tmp_path / "zb.json"
+    r = _run(["eval", "--benchmark", "zoombench", "--data", str(FIX / "zoombench"), "--model",
+              str(tiny_dir["qwen2_5_vl"]), "--out", str(out), "--max-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(out.read_text())
+    assert set(s["views"]) == {"plain", "teacher"} and s["gap_n"] == 4
+    assert s["gap"] == pytest.approx(s["views"]["teacher"]["acc"] - s["views"]["plain"]["acc"],
+                                     abs=1e-12)
+    assert set(s["by_type"]) == {"mc", "open"} and s["by_type"]["mc"]["plain"]["n"] == 2
+    assert set(s["by_category"]) == {"Color Attributes", "Fine-Grained Counting", "OCR"}
+    assert all("gap" in v for v in s["by_category"].values())
+    rows = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
+    crop = next(r for r in rows if r["view"] == "teacher")
+    assert crop["image_size"] == [120, 116]  # the benchmark's own crop_image, not ours
+    out = tmp_path / "vp.json"
+    r = _run(["eval", "--benchmark", "visualprobe", "--data", str(FIX / "visualprobe"),
+              "--model", str(tiny_dir["qwen2_5_vl"]), "--out", str(out), "--max-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(out.read_text())
+    per = [s["by_category"][lv]["plain"]["acc"] for lv in ("Easy", "Medium", "Hard")]
+    assert s["visualprobe_mean"] == pytest.approx(sum(per) / 3, abs=1e-12)
+    assert "visualprobe_mean" in r.output
 
 
 def _wilson_oracle(k, n, z=scores.Z95):
@@ -244,16 +290,28 @@ def test_benchmark_summary_counts():
 
 def test_benchmark_headline_metrics():
     yn = [dict(_row(i, "plain", p == e), parsed=p, expected=e) for i, (p, e) in
-          enumerate([("yes", "yes"), ("yes", "no"), ("no", "yes"), (None, "yes"), ("no", "no")])]
+          enumerate([("yes", "yes"), ("yes", "no"), ("no", "yes"), (None, "yes"), ("no", "no"),
+                     (None, "no")])]
     m = scores.yes_no_metrics(yn)
-    assert m["precision"] == pytest.approx(1 / 2) and m["recall"] == pytest.approx(1 / 3)
-    assert m["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
-    assert m["yes_ratio"] == pytest.approx(2 / 5)
+    # the authors' counts (cal_acc.py:123-158): an unreadable answer to a "no" is a FP
+    assert m["precision"] == pytest.approx(1 / 3, abs=1e-12)
+    assert m["recall"] == pytest.approx(1 / 3, abs=1e-12)
+    assert m["f1"] == pytest.approx(1 / 3, abs=1e-12)
+    assert m["yes_ratio"] == pytest.approx(2 / 6, abs=1e-12)
+    assert m["gold_yes_ratio"] == pytest.approx(3 / 6, abs=1e-12)
     pairs = [_row(i, "plain", c, pair=i // 2) for i, c in enumerate([True, True, True, False])]
     assert scores.pair_accuracy(pairs) == 0.5
-    cv = [_row(i, "plain", c, source=s) for i, (c, s) in enumerate(
-        [(True, "ADE20K"), (False, "ADE20K"), (True, "COCO"), (True, "Omni3D"), (False, "Omni3D")])]
-    assert scores.cvbench_score(cv) == pytest.approx(((0.5 + 1.0) / 2 + 0.5) / 2)
+    cv = [_row(i, "plain", c, source=s, type=t) for i, (c, s, t) in enumerate(
+        [(True, "ADE20K", "2D"), (False, "ADE20K", "2D"), (True, "COCO", "2D"),
+         (True, "Omni3D", "3D"), (False, "Omni3D", "3D")])]
+    assert scores.cvbench_score(cv) == pytest.approx((2 / 3 + 0.5) / 2, abs=1e-12)  # authors'
+    assert scores.cvbench_cambrian(cv) == pytest.approx(((0.5 + 1.0) / 2 + 0.5) / 2, abs=1e-12)
+    hr = [_row(i, "plain", c, cycle_category=g) for i, (c, g) in enumerate(
+        [(True, "q0"), (True, "q0"), (True, "q0"), (False, "q1")])]
+    h = scores.headlines(hr, "letter", "hrbench4k")
+    assert h["hrbench_cycle_mean"] == pytest.approx((1.0 + 0.0) / 2, abs=1e-12)
+    assert scores.headlines(pairs, "letter", "mmvp")["ceiling"] == pytest.approx(296 / 300,
+                                                                               abs=1e-12)
 
 
 def _eval(tmp_path, name, **counts):
@@ -305,11 +363,13 @@ def test_benchmark_cache_drops_a_torn_line_and_refuses_foreign_files(tmp_path):
 
 
 def test_benchmark_judge_verdicts():
-    row = {"options": ["red", "blue"], "prompt": "q", "answer": "x"}
-    assert read_verdict("B", row, "letter") == "B"
-    assert read_verdict("none", row, "letter") is None
-    assert read_verdict("A", {"prompt": "q", "answer": "x"}, "yesno") == "yes"
-    assert read_verdict("(b)", {"prompt": "q", "answer": "x"}, "yesno") == "no"
+    from mlx_opd.bench.judge import judge_prompt
+
+    assert read_verdict("Yes") is True and read_verdict("Yes.") is True
+    assert read_verdict("No") is False and read_verdict("maybe") is None
+    p = judge_prompt({"prompt": "Q?", "expected": "12", "answer": "<answer>twelve</answer>"})
+    assert "The question is: Q?\nThe answer is: 12\nThe response is: twelve\n" in p
+    assert p.endswith("Directly give me your output.")
 
 
 def _run(args):
@@ -370,18 +430,22 @@ def test_benchmark_large_images_are_resized_not_rejected(tiny_dir, tmp_path):
 
 
 def test_benchmark_every_adapter_runs_through_eval(tiny_dir, tmp_path):
+    """Every benchmark through the CLI, with the count of its real layout and the
+    authors' prompts in the rows it writes."""
     model = tiny_dir["qwen3_vl"]
-    for name, variant in ALL:
-        out = tmp_path / f"{name}-{variant}.json"
-        args = ["eval", "--benchmark", name, "--data", fixture_dir(name, variant), "--model",
-                model, "--out", out, "--limit", 2, "--max-tokens", 3]
+    for key in ALL:
+        name, _, variant = key.partition("/")
+        out = tmp_path / f"{key.replace('/', '-')}.json"
+        args = ["eval", "--benchmark", name, "--data", fixture_dir(key), "--model",
+                model, "--out", out, "--max-tokens", 3]
         r = _run(args + (["--variant", variant] if variant else []))
-        assert r.exit_code == 0, (name, r.output)
+        assert r.exit_code == 0, (key, r.output)
         s = json.loads(out.read_text())
-        assert s["n"] == 2 and s["views"]["plain"]["n"] == 2, name
+        theirs = AUTHORS["benchmarks"][key]
+        assert s["n"] == len(theirs) == s["rows_total_in_benchmark"], key
+        assert s["views"]["plain"]["n"] == len(theirs) and s["unreadable"] == 0
         rows = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
-        assert [x["prompt"] for x in rows if x["view"] == "plain"] == [
-            p for _, p, _, _ in expected_prompts(name, variant)[:2]]
+        assert [x["prompt"] for x in rows if x["view"] == "plain"] == [t["sent"] for t in theirs]
 
 
 def test_benchmark_judge_end_to_end(tiny_dir, tmp_path):
@@ -392,7 +456,8 @@ def test_benchmark_judge_end_to_end(tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads(out.read_text())
     j = s["judge"]
-    assert j["looked_at"] == s["unparsed"] == j["resolved"] + j["still_unparsed"]
+    wrong = s["views"]["plain"]["n"] - s["views"]["plain"]["correct"]
+    assert j["looked_at"] == wrong and 0 <= j["accepted"] <= wrong
     assert s["views"]["plain"]["acc"] <= j["acc_with_judge"]["plain"]
 
 

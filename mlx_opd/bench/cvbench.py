@@ -3,11 +3,13 @@ Published layout: test_2d.parquet and test_3d.parquet (and a combined test.parqu
 revisions; we read the 2d/3d files when present so rows are not counted twice) with columns
 idx, type ("2D"/"3D"), task (Count, Relation, Depth, Distance), image (Image feature:
 {bytes, path}), question, choices (list of option texts), answer ("(A)"), prompt, filename,
-source (ADE20K, COCO, Omni3D), ... The benchmark's own score averages 2D (mean of its ADE20K
-and COCO accuracies) and 3D; we report it beside per-question accuracy.
+source (ADE20K, COCO, Omni3D), ...
 
-Prompt (paper, Appendix B): `{question} Select from the following choices.\\n{options}`,
-options as "A. text" lines.
+Prompt: the row's own `prompt` field, stripped, as the authors' harness sends it
+(VisionOPD/Vision-OPD eval/prepare_data.py @c2e345f line 349). Headline (`cvbench_score`):
+the authors' (accuracy on 2D, ADE20K and COCO pooled, + accuracy on 3D) / 2 (cal_acc.py);
+the Cambrian paper's formula, 2D as the mean of the ADE20K and COCO accuracies, is reported
+beside it (`cvbench_cambrian`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import need
-from .item import BenchItem, Benchmark, lettered_lines
+from .item import BenchItem, Benchmark, guarded, sent
 from .source import feature_image, parquet_count, parquet_files, parquet_rows
 
 LAYOUT = "test_2d.parquet and test_3d.parquet as on nyu-visionx/CV-Bench"
@@ -27,20 +29,20 @@ def read(root: Path):
         list(root.glob("**/test_[23]d.parquet")) else parquet_files(root)
     base = root if root.is_dir() else root.parent
 
-    def items():
-        for where, row in parquet_rows(files):
-            yield BenchItem(id=f"{row.get('type', '')}-{need(row, 'idx', where, FIX)}",
-                            image=feature_image(need(row, "image", where, FIX), where, base),
-                            question=str(need(row, "question", where, FIX)).strip(),
-                            options=tuple(str(c) for c in need(row, "choices", where, FIX)),
-                            answer=str(need(row, "answer", where, FIX)).strip().strip("()").upper(),
-                            category=str(row.get("task") or "all"), where=where,
-                            extra={"type": row.get("type"), "source": row.get("source")})
-    return parquet_count(files), items()
+    def make(where, row):
+        return BenchItem(id=f"{row.get('type', '')}-{need(row, 'idx', where, FIX)}",
+                         image=feature_image(need(row, "image", where, FIX), where, base),
+                         question=str(row.get("question") or "").strip(),
+                         options=tuple(str(c) for c in row.get("choices") or ()),
+                         answer=str(need(row, "answer", where, FIX)).strip().strip("()").upper(),
+                         category=str(row.get("task") or "all"), where=where,
+                         extra={"type": row.get("type"), "source": row.get("source"),
+                                "prompt": str(need(row, "prompt", where, FIX))})
+    return parquet_count(files), guarded(parquet_rows(files), make)
 
 
 def prompt(item: BenchItem) -> str:
-    return f"{item.question} Select from the following choices.\n{lettered_lines(item.options)}"
+    return sent(item.extra["prompt"])
 
 
 BENCHMARK = Benchmark("cvbench", "CV-Bench", "nyu-visionx/CV-Bench", "letter", read, prompt,

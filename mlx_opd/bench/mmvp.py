@@ -5,8 +5,12 @@ with columns Index, Question, Options ("(a) Open (b) Closed"), Correct Answer ("
 number is pair accuracy (both questions of a pair right), reported beside per-question
 accuracy.
 
-Prompt (paper, Appendix B, as the MMVP authors' script): `{question} {options}` with the
-options string as published ("(a) ... (b) ..."); answers are the lower-case letters.
+Prompt as the authors' harness sends it (VisionOPD/Vision-OPD eval/prepare_data.py
+@c2e345f line 384): `{question} {options}`, both stripped, the options string as published
+("(a) ... (b) ..."); answers are the lower-case letters (read in either case). Their
+headline is per-question accuracy; pair accuracy is reported beside it. Two published
+answers are known to be swapped (Index 99/100 and 279/280, noted by lmms-eval's MMVP
+README), so a perfect model scores at most 296/300 = 98.7% per question (`ceiling`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from ..data import need
 from ..errors import DataError
-from .item import BenchItem, Benchmark
+from .item import BenchItem, Benchmark, guarded, sent
 from .source import csv_rows
 
 LAYOUT = "Questions.csv and 'MMVP Images/N.jpg', as on MMVP/MMVP"
@@ -35,21 +39,24 @@ def read(root: Path):
     images = csv_path.parent / "MMVP Images"
     rows = csv_rows(csv_path)
 
-    def items():
-        for where, row in rows:
-            index = str(need(row, "Index", where, FIX)).strip()
-            raw = str(need(row, "Options", where, FIX))
-            answer = str(need(row, "Correct Answer", where, FIX)).strip().strip("()").upper()
-            yield BenchItem(id=index, image=images / f"{index}.jpg",
-                            question=str(need(row, "Question", where, FIX)).strip(),
-                            options=parse_options(raw), answer=answer, category="all",
-                            where=where, extra={"raw_options": raw.strip(),
-                                                "pair": (int(index) - 1) // 2})
-    return len(rows), items()
+    def make(where, row):
+        index = str(need(row, "Index", where, FIX)).strip()
+        raw = str(need(row, "Options", where, FIX))
+        answer = str(need(row, "Correct Answer", where, FIX)).strip().strip("()").upper()
+        return BenchItem(id=index, image=images / f"{index}.jpg",
+                         question=str(need(row, "Question", where, FIX)).strip(),
+                         options=parse_options(raw), answer=answer, category="all",
+                         where=where, extra={"raw_options": raw.strip(),
+                                             "pair": (int(index) - 1) // 2})
+    return len(rows), guarded(rows, make)
 
 
 def prompt(item: BenchItem) -> str:
-    return f"{item.question} {item.extra['raw_options']}"
+    return sent(f"{item.question} {item.extra['raw_options']}")
 
 
-BENCHMARK = Benchmark("mmvp", "MMVP", "MMVP/MMVP", "letter", read, prompt, layout=LAYOUT)
+SWAPPED = 4  # questions whose published answer is wrong (Index 99, 100, 279, 280)
+
+
+BENCHMARK = Benchmark("mmvp", "MMVP", "MMVP/MMVP", "letter", read, prompt, layout=LAYOUT,
+                      lower_letters=True)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from ..config import choose
-from . import cvbench, hrbench, mme_realworld, mmstar, mmvp, pope, vstar
+from . import cvbench, hrbench, mme_realworld, mmstar, mmvp, pope, visualprobe, vstar, zoombench
 from .item import Benchmark
 
 # name -> {variant -> adapter}; the first variant is the default
 BENCHMARKS: dict[str, dict[str, Benchmark]] = {
     "vstar": {"default": vstar.BENCHMARK},
+    "zoombench": {"default": zoombench.BENCHMARK},
     "hrbench4k": {"default": hrbench.HRBENCH_4K},
     "hrbench8k": {"default": hrbench.HRBENCH_8K},
-    "mme-realworld": {"en": mme_realworld.MME_REALWORLD, "cn": mme_realworld.MME_REALWORLD_CN},
+    "mme-realworld": {"en": mme_realworld.MME_REALWORLD, "lite": mme_realworld.MME_REALWORLD_LITE,
+                      "cn": mme_realworld.MME_REALWORLD_CN},
+    "visualprobe": {"default": visualprobe.BENCHMARK},
     "mmvp": {"default": mmvp.BENCHMARK},
     "cvbench": {"default": cvbench.BENCHMARK},
     "mmstar": {"default": mmstar.BENCHMARK},

@@ -83,7 +83,8 @@ def compare(before: dict, after: dict) -> list[dict]:
         for c in before.get("by_category", {})]
     for cat, b, a in groups:
         for v in b:
-            if v not in a or not b[v]["n"] or not a[v]["n"]:
+            if not isinstance(b[v], dict) or not isinstance(a.get(v), dict) \
+                    or not b[v]["n"] or not a[v]["n"]:
                 continue
             d, lo, hi = diff_interval(b[v]["correct"], b[v]["n"], a[v]["correct"], a[v]["n"])
             rows.append({"category": cat, "view": v, "n_before": b[v]["n"],

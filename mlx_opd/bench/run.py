@@ -18,7 +18,7 @@ from ..files import write_json_atomically
 from ..metrics import format_eta
 from . import answers
 from .cache import KIND, RowWriter, open_cache, paths
-from .item import BenchItem, Benchmark
+from .item import BenchItem, Benchmark, Unreadable
 from .scores import summarize
 
 BENCH_VIEWS = ("plain", "teacher")  # full image; evidence crop (needs boxes)
@@ -58,7 +58,7 @@ def settings_for(bench: Benchmark, variant, data: str, model: str, adapter, view
 
 
 def default_views(bench: Benchmark) -> tuple[str, ...]:
-    return BENCH_VIEWS if bench.name == "vstar" else ("plain",)
+    return bench.default_views
 
 
 def check_views(views) -> tuple[str, ...]:
@@ -72,7 +72,7 @@ def check_views(views) -> tuple[str, ...]:
 
 def _row_extra(item: BenchItem) -> dict:
     return {k: v for k, v in item.extra.items()
-            if k not in ("raw_options",) and isinstance(v, (str, int, float, bool))}
+            if k not in ("raw_options", "text", "prompt") and isinstance(v, (str, int, float, bool))}
 
 
 def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelConfig,
@@ -85,17 +85,24 @@ def answer_item(loaded, bench: Benchmark, item: BenchItem, views, pixels: PixelC
 
     image = open_rgb(item.image, item.where)
     text = bench.prompt(item)
+    kind = item.kind or bench.answer_kind
     rows = []
     for v in views:
         t0 = time.perf_counter()
-        img = image if v == "plain" else crop_box(image, item.box, view_cfg)
+        if v == "plain":
+            img = image
+        elif item.crop is not None:  # the benchmark's own crop (ZoomBench)
+            img = open_rgb(item.crop, item.where)
+        else:
+            img = crop_box(image, item.box, view_cfg)
         enc = models.encode(loaded, img, text, pixels.for_view(v))
         out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         said = models.decode(loaded, out.token_ids)
-        parsed = answers.parse(bench.answer_kind, said, item.options)
+        parsed, correct = answers.grade(kind, said, item.answer, item.options,
+                                        bench.lower_letters)
         rows.append({"id": item.id, "view": v, "category": item.category, "answer": said,
-                     "parsed": parsed, "expected": item.answer, "correct": parsed == item.answer,
-                     "prompt": text, "options": list(item.options or ()),
+                     "parsed": parsed, "expected": item.answer, "correct": correct,
+                     "kind": kind, "prompt": text, "options": list(item.options or ()),
                      "prompt_tokens": enc.prompt_len, "image_size": list(img.size),
                      "model_image_size": list(enc.image_size),
                      "seconds": round(time.perf_counter() - t0, 3), **_row_extra(item)})
@@ -134,11 +141,17 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
     write_json_atomically(summary_path, header)
     progress = progress or BenchProgress(bench.name, target)
     writer, rows, reused, seconds, t_start = RowWriter(rows_path), [], 0, 0.0, time.perf_counter()
+    unreadable: list[Unreadable] = []
     try:
         for k, item in enumerate(items):
             if k >= target:
                 break
-            want = [v for v in settings.views if v != "teacher" or item.box is not None]
+            if isinstance(item, Unreadable):  # reported and counted; the run goes on
+                unreadable.append(item)
+                log(f"{bench.name}: row {item.id} ({item.where}) skipped: {item.reason}")
+                progress(k + 1, reused, seconds, None)
+                continue
+            want = [v for v in settings.views if v != "teacher" or item.has_crop_view]
             have = [cached[(item.id, v)] for v in want if (item.id, v) in cached]
             if len(have) == len(want):
                 reused += 1
@@ -146,8 +159,14 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
             else:
                 t0 = time.perf_counter()
                 todo = [v for v in want if (item.id, v) not in cached]
-                new = answer_item(loaded, bench, item, todo, pixels, view_cfg,
-                                  settings.max_tokens)
+                try:
+                    new = answer_item(loaded, bench, item, todo, pixels, view_cfg,
+                                      settings.max_tokens)
+                except DataError as e:  # e.g. an image that does not decode
+                    unreadable.append(Unreadable(item.id, item.where, e.what))
+                    log(f"{bench.name}: row {item.id} ({item.where}) skipped: {e.what}")
+                    progress(k + 1, reused, seconds, None)
+                    continue
                 for r in new:
                     writer.write(r)
                 rows += have + new
@@ -164,7 +183,9 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
                "reused": reused, "computed": len({r["id"] for r in rows}) - reused,
                "rows_total_in_benchmark": total,
                "seconds": round(time.perf_counter() - t_start, 1),
-               **summarize(rows, settings.views, bench.answer_kind)}
+               "unreadable": len(unreadable),
+               "unreadable_rows": [asdict(u) for u in unreadable[:50]],
+               **summarize(rows, settings.views, bench.answer_kind, bench.name)}
     if judged is not None:
         summary["judge"] = judged
     write_json_atomically(summary_path, summary)

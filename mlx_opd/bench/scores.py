@@ -40,49 +40,105 @@ def _acc(rows) -> dict:
             "unparsed": sum(r["parsed"] is None for r in rows)}
 
 
-def summarize(rows: list[dict], views, kind: str) -> dict:
-    """Accuracy per view overall and per category; `gap` = crop - full accuracy over the
-    samples that have both views (the paper's regional-to-global gap)."""
+def _gap(rows_plain, rows_crop) -> tuple[float, int] | None:
+    """crop - full accuracy over the items that have both views."""
+    crop_ids = {r["id"] for r in rows_crop}
+    both = [r for r in rows_plain if r["id"] in crop_ids]
+    if not both or not rows_crop:
+        return None
+    return _acc(rows_crop)["acc"] - _acc(both)["acc"], len(both)
+
+
+def _views_block(rows, views) -> dict:
+    by_view = defaultdict(list)
+    for r in rows:
+        by_view[r["view"]].append(r)
+    out = {v: _acc(by_view[v]) for v in views if by_view[v]}
+    if "plain" in views and "teacher" in views:
+        g = _gap(by_view["plain"], by_view["teacher"])
+        if g is not None:
+            out["gap"], out["gap_n"] = g
+    return out
+
+
+def summarize(rows: list[dict], views, kind: str, benchmark: str = "") -> dict:
+    """Accuracy per view overall, per category and (mixed benchmarks) per question type;
+    `gap` = crop - full accuracy over the samples that have both views (the paper's
+    regional-to-global gap), overall, per category and per type; each benchmark's own
+    headline numbers beside them."""
     by_view = defaultdict(list)
     for r in rows:
         by_view[r["view"]].append(r)
     out = {"n": len({r["id"] for r in rows}), "views": {}, "by_category": {}}
     for v in views:
         out["views"][v] = _acc(by_view[v])
-        cats = defaultdict(list)
-        for r in by_view[v]:
-            cats[r["category"]].append(r)
-        for c in sorted(cats):
-            out["by_category"].setdefault(c, {})[v] = _acc(cats[c])
         if out["views"][v]["acc"] is not None:
             out[f"{v}_acc"] = out["views"][v]["acc"]
+    cats = defaultdict(list)
+    for r in rows:
+        cats[r["category"]].append(r)
+    for c in sorted(cats):
+        out["by_category"][c] = _views_block(cats[c], views)
     out["unparsed"] = sum(out["views"][v]["unparsed"] for v in views)
-    if "plain" in views and "teacher" in views:
-        crop_ids = {r["id"] for r in by_view["teacher"]}
-        both = [r for r in by_view["plain"] if r["id"] in crop_ids]
-        if both:
-            out["gap"] = _acc(by_view["teacher"])["acc"] - _acc(both)["acc"]
-            out["gap_n"] = len(both)
-    plain = by_view.get("plain", [])
-    if kind == "yesno" and plain:
-        out["pope"] = yes_no_metrics(plain)
-    if plain and all("pair" in r for r in plain):
-        out["pair_acc"] = pair_accuracy(plain)
-    if plain and all(r.get("source") for r in plain) and {r["source"] for r in plain} & {"Omni3D"}:
-        out["cvbench_score"] = cvbench_score(plain)
+    g = _gap(by_view.get("plain", []), by_view.get("teacher", [])) \
+        if "plain" in views and "teacher" in views else None
+    if g is not None:
+        out["gap"], out["gap_n"] = g
+    types = defaultdict(list)
+    for r in rows:
+        if r.get("question_type"):
+            types[r["question_type"]].append(r)
+    if types:
+        out["by_type"] = {t: _views_block(types[t], views) for t in sorted(types)}
+    out.update(headlines(by_view.get("plain", []), kind, benchmark))
     return out
 
 
+def headlines(plain: list[dict], kind: str, benchmark: str) -> dict:
+    """Each benchmark's headline numbers on the full-image view, the authors' first."""
+    out = {}
+    if not plain:
+        return out
+    if kind == "yesno":
+        out["pope"] = yes_no_metrics(plain)
+    if all("pair" in r for r in plain):
+        out["pair_acc"] = pair_accuracy(plain)
+    if benchmark == "mmvp":
+        from .mmvp import SWAPPED
+        out["ceiling"] = 1 - SWAPPED / 300  # two pairs' published answers are swapped
+    if all(r.get("source") for r in plain) and {r["source"] for r in plain} & {"Omni3D"}:
+        out["cvbench_score"] = cvbench_score(plain)
+        out["cvbench_cambrian"] = cvbench_cambrian(plain)
+    if all(r.get("cycle_category") not in (None, "") for r in plain):
+        out["hrbench_cycle_mean"] = group_mean(plain, "cycle_category")
+    if benchmark == "visualprobe":
+        out["visualprobe_mean"] = group_mean(plain, "category")
+    return out
+
+
+def group_mean(rows, key: str) -> float:
+    """The mean over groups (rows sharing `key`) of the groups' accuracies."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r[key]].append(bool(r["correct"]))
+    return sum(sum(v) / len(v) for v in groups.values()) / len(groups)
+
+
 def yes_no_metrics(rows) -> dict:
-    """POPE's precision, recall, F1 and yes-ratio ("yes" = positive; unparsed = no)."""
-    tp = sum(r["parsed"] == "yes" and r["expected"] == "yes" for r in rows)
-    fp = sum(r["parsed"] == "yes" and r["expected"] == "no" for r in rows)
-    fn = sum(r["parsed"] != "yes" and r["expected"] == "yes" for r in rows)
+    """POPE's precision, recall, F1 ("yes" = positive) as the authors count them
+    (VisionOPD/Vision-OPD eval/cal_acc.py @c2e345f lines 123-158): a wrong or unreadable
+    answer to a "no" question is a false positive, to a "yes" question a false negative.
+    `yes_ratio` is the share of answers that say yes; `gold_yes_ratio` the share of
+    questions whose answer is yes (what their `yes_ratio` prints)."""
+    tp = sum(r["correct"] and r["expected"] == "yes" for r in rows)
+    fp = sum(not r["correct"] and r["expected"] == "no" for r in rows)
+    fn = sum(not r["correct"] and r["expected"] == "yes" for r in rows)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": sum(r["parsed"] == "yes" for r in rows) / len(rows)}
+            "yes_ratio": sum(r["parsed"] == "yes" for r in rows) / len(rows),
+            "gold_yes_ratio": sum(r["expected"] == "yes" for r in rows) / len(rows)}
 
 
 def pair_accuracy(rows) -> float:
@@ -95,7 +151,18 @@ def pair_accuracy(rows) -> float:
 
 
 def cvbench_score(rows) -> float:
-    """CV-Bench's headline: mean of 2D (mean of ADE20K and COCO accuracy) and 3D."""
+    """The authors' CV-Bench headline (eval/cal_acc.py @c2e345f lines 161-176): the mean
+    of the 2D accuracy (ADE20K and COCO rows pooled) and the 3D accuracy."""
+    def acc(kind):
+        sel = [bool(r["correct"]) for r in rows if str(r.get("type", "")).upper() == kind]
+        return sum(sel) / len(sel) if sel else None
+    parts = [a for a in (acc("2D"), acc("3D")) if a is not None]
+    return sum(parts) / len(parts)
+
+
+def cvbench_cambrian(rows) -> float:
+    """The Cambrian paper's CV-Bench score: mean of 2D (mean of ADE20K and COCO accuracy)
+    and 3D."""
     def acc(src):
         sel = [bool(r["correct"]) for r in rows if r.get("source") == src]
         return sum(sel) / len(sel) if sel else None

@@ -45,6 +45,19 @@ def resolve(data: str, allow_patterns=None, layout: str = "") -> Path:
                         + (f" ({layout})" if layout else "")) from None
 
 
+def resolve_parts(parts, into: Path) -> Path:
+    """A benchmark published as several hub repos (VisualProbe's three levels): each one
+    resolved as `resolve` does and linked as into/FOLDER, so one folder holds them all."""
+    into.mkdir(parents=True, exist_ok=True)
+    for folder, hub_id in parts:
+        src = resolve(hub_id)
+        link = into / folder
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src, target_is_directory=True)
+    return into
+
+
 def parquet_files(root: Path, pattern: str = "*.parquet") -> list[Path]:
     files = [root] if root.is_file() else sorted(root.glob(f"**/{pattern}"))
     if not files:

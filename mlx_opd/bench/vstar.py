@@ -14,8 +14,12 @@ answer instruction; label = the correct letter. We read test_questions.jsonl whe
 by a hash of the question's id so the correct letter is not always A (documented, stable).
 The evidence box for the crop view is the union of the target boxes (the paper's Fig. 3).
 
-Prompt (paper, Appendix B): `{question}\\n{options}\\nAnswer with the option's letter from
-the given choices directly.`, options as "A. text" lines; the image comes first.
+Prompt: the row's `text` verbatim (question, "(A) ..." lines, the instruction), with the
+instruction appended when a text lacks it, as the authors' harness sends it
+(VisionOPD/Vision-OPD eval/prepare_data.py @c2e345f lines 111-115; they read the same text
+from lmms-lab/vstar-bench's parquet, which this adapter also reads: data/test-*.parquet
+with image {bytes}, text, label, question_id, category; it has no boxes, so no crop view).
+Without test_questions.jsonl the text is built the same way from NAME.json.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from PIL import Image
 
 from ..data import jsonl_rows, need
 from ..errors import DataError
-from .item import LETTERS, BenchItem, Benchmark, lettered_lines
+from .item import LETTERS, BenchItem, Benchmark, bracket_lines, guarded, sent
+from .source import feature_image, parquet_count, parquet_files, parquet_rows
 
 CATEGORIES = ("direct_attributes", "relative_position")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -106,40 +111,61 @@ def read(root: Path):
     if questions.exists():
         rows = list(jsonl_rows(questions))
 
-        def from_jsonl():
-            for where, row in rows:
-                rel = need(row, "image", where, FIX)
-                image = root / rel
-                question, options = split_lettered(need(row, "text", where, FIX), where)
-                label = str(need(row, "label", where, FIX)).strip().strip("()").upper()
-                category = row.get("category") or Path(rel).parent.name
-                yield BenchItem(id=str(row.get("question_id", rel)), image=image,
-                                question=question, options=options, answer=label,
-                                category=category, where=where, box=_box_for(image, where),
-                                extra={"image": rel})
-        return len(rows), from_jsonl()
+        def make(where, row):
+            rel = need(row, "image", where, FIX)
+            image = root / rel
+            question, options = split_lettered(need(row, "text", where, FIX), where)
+            label = str(need(row, "label", where, FIX)).strip().strip("()").upper()
+            category = row.get("category") or Path(rel).parent.name
+            return BenchItem(id=str(row.get("question_id", rel)), image=image,
+                             question=question, options=options, answer=label,
+                             category=category, where=where, box=_box_for(image, where),
+                             extra={"image": rel, "text": row["text"]})
+        return len(rows), guarded(rows, make)
+    if list(root.glob("data/test-*.parquet")):
+        return _read_lmms_lab(root)
     images = sorted(p for c in CATEGORIES if (root / c).is_dir() for p in (root / c).iterdir()
                     if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         raise DataError("no V* layout here", str(root), f"--data must hold {LAYOUT}")
 
-    def from_folders():
-        for image in images:
-            ann, where = _annotation(image)
-            if ann is None:
-                raise DataError("image has no annotation file beside it", where, LAYOUT)
-            item_id = f"{image.parent.name}/{image.stem}"
-            options, label = rotate_correct_first(item_id, list(need(ann, "options", where, FIX)))
-            yield BenchItem(id=item_id, image=image, question=need(ann, "question", where, FIX),
-                            options=options, answer=label, category=image.parent.name,
-                            where=where, box=_box_for(image, where),
-                            extra={"image": f"{image.parent.name}/{image.name}"})
-    return len(images), from_folders()
+    def make(where, image):
+        ann, where = _annotation(image)
+        if ann is None:
+            raise DataError("image has no annotation file beside it", where, LAYOUT)
+        item_id = f"{image.parent.name}/{image.stem}"
+        options, label = rotate_correct_first(item_id, list(need(ann, "options", where, FIX)))
+        return BenchItem(id=item_id, image=image, question=need(ann, "question", where, FIX),
+                         options=options, answer=label, category=image.parent.name,
+                         where=where, box=_box_for(image, where),
+                         extra={"image": f"{image.parent.name}/{image.name}"})
+    return len(images), guarded(((str(i), i) for i in images), make)
+
+
+def _read_lmms_lab(root: Path):
+    """lmms-lab/vstar-bench's parquet (what the authors read; no boxes)."""
+    files = parquet_files(root, "test-*.parquet")
+
+    def make(where, row):
+        text = str(need(row, "text", where, FIX))
+        question, options = split_lettered(text, where)
+        return BenchItem(id=str(row.get("question_id", where)),
+                         image=feature_image(need(row, "image", where, FIX), where, root),
+                         question=question, options=options,
+                         answer=str(need(row, "label", where, FIX)).strip().strip("()").upper(),
+                         category=str(row.get("category") or "unknown"), where=where,
+                         extra={"text": text})
+    return parquet_count(files), guarded(parquet_rows(files), make)
 
 
 def prompt(item: BenchItem) -> str:
-    return f"{item.question}\n{lettered_lines(item.options)}\n{INSTRUCTION}"
+    text = item.extra.get("text") or \
+        f"{item.question}\n{bracket_lines(item.options)}\n{INSTRUCTION}"
+    text = text.strip()
+    if not text.endswith(INSTRUCTION):
+        text += "\n" + INSTRUCTION
+    return sent(text)
 
 
 BENCHMARK = Benchmark("vstar", "V* Bench", "craigwu/vstar_bench", "letter", read, prompt,
-                      layout=LAYOUT)
+                      layout=LAYOUT, default_views=("plain", "teacher"))
