@@ -40,6 +40,21 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
+def _adapter(path):
+    """--adapter as given, or a RUN_DIR's best (else last) adapter, saying which."""
+    if path is None:
+        return None
+    from .run_dir import resolve_adapter
+
+    try:
+        found, note = resolve_adapter(path)
+    except FileNotFoundError as e:
+        _fail(e)
+    if note:
+        click.echo(note, err=True)
+    return found
+
+
 def pixel_options(f):
     f = click.option("--resized-width", type=int, help="Explicit image width (with --resized-height).")(f)
     f = click.option("--resized-height", type=int, help="Explicit image height (with --resized-width).")(f)
@@ -197,7 +212,7 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
            "box_format": box_format, "options": list(options) or None}
     try:
         sample = make_sample(row, Path.cwd(), "--image/--box")
-        loaded = models.load(model, adapter)
+        loaded = models.load(model, _adapter(adapter))
         result = run_compare(loaded, sample, view_cfg, pixels, max_tokens)
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
@@ -589,7 +604,7 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
     try:
         samples, report = read_samples(DataConfig(path=data, box_format=box_format,
                                                   on_bad_sample=on_bad_sample, limit=limit))
-        loaded = models.load(model, adapter)
+        loaded = models.load(model, _adapter(adapter))
         for msg in report.skipped[:20]:
             click.echo(f"  skipped: {msg}", err=True)
         summary, rows = evaluate(loaded, samples,
@@ -629,7 +644,7 @@ def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_
             root = resolve_parts(bench.hub_parts, Path(out).with_suffix(".sources"))
         else:
             root = resolve(data, bench.allow_patterns, bench.layout)
-        loaded = models.load(model, adapter)
+        loaded = models.load(model, _adapter(adapter))
         judge = None
         if judge_model:
             judge = make_judge(models.load(judge_model), judge_model,

@@ -257,6 +257,8 @@ class RunConfig:
     max_nonfinite: int = 5        # consecutive non-finite steps before the run stops
     distributed: bool = False     # require an mlx.launch group (else: used when launched)
     step_timeout_s: float = 1800.0  # distributed: a rank with no progress this long stops
+    report_to: str = "none"       # none | tensorboard | wandb (as mlx-lm's --report-to):
+                                  # every metric through the library's own writer
 
     def __post_init__(self):
         if self.save_every < 1 or self.keep_last < 1 or self.max_nonfinite < 0:
@@ -264,6 +266,7 @@ class RunConfig:
                              "run.max_nonfinite >= 0")
         if self.step_timeout_s <= 0:
             raise ValueError(f"run.step_timeout_s must be > 0, got {self.step_timeout_s}")
+        choose("run.report_to", self.report_to, REPORT_TO)
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,47 @@ class ScoreConfig:
     shared_prefix: bool = True
 
 
+VAL_CRITERIA = ("auto", "plain_acc", "student_acc", "divergence")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Held-out validation during training (validation.py) and the guards that stop a run
+    drifting off (the public Qwen3.5-4B reproduction left the answer format after ~110
+    steps and collapsed after ~190; its best checkpoint, step 65, only tied the base)."""
+
+    path: str | None = None       # a held-out file/folder, or:
+    fraction: float = 0.0         # carve this share of the training data (fixed seed; never trained on)
+    every: int = 0                # evaluate every N steps and at the end (0: only with path/fraction, at the end)
+    limit: int | None = 64        # at most this many validation samples
+    max_tokens: int = 16          # greedy answer length
+    batch: int = 8                # prompts decoded together
+    criterion: str = "auto"       # best adapter by: plain_acc | student_acc | divergence (lower
+                                  # is better); auto: plain_acc with labels and a plain view,
+                                  # student_acc with labels only, divergence without labels
+    min_format: float = 0.0       # stop when the share of readable answers falls below this
+    patience: int = 0             # stop after this many evaluations in a row worse than the
+    margin: float = 0.05          # best by more than `margin` (0: never)
+
+    def __post_init__(self):
+        choose("validation.criterion", self.criterion, VAL_CRITERIA)
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"validation.fraction must be in [0, 1), got {self.fraction}")
+        if self.every < 0 or self.patience < 0 or self.margin < 0:
+            raise ValueError("validation.every, validation.patience and validation.margin "
+                             "must be >= 0")
+        if not 0.0 <= self.min_format <= 1.0:
+            raise ValueError(f"validation.min_format must be in [0, 1], got {self.min_format}")
+        if self.max_tokens < 1 or self.batch < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("validation.max_tokens, validation.batch and validation.limit "
+                             "must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path) or self.fraction > 0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -294,6 +338,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 class ConfigError(ValueError):
@@ -427,7 +472,7 @@ def apply_overrides(values: dict, overrides: dict) -> dict:
 # YAML) or the working directory (overrides), so a config works from any directory and
 # RUN_DIR/config.yaml records absolute paths. model.path may be a hub id: it is resolved
 # only when it names an existing local path or starts with ./ or ../.
-PATH_KEYS = ("data.path", "run.out", "model.adapter")
+PATH_KEYS = ("data.path", "run.out", "model.adapter", "validation.path")
 MODEL_KEYS = ("model.path",)
 
 

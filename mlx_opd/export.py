@@ -50,19 +50,17 @@ class ExportError(ValueError):
 
 
 def resolve_adapter(path: str | Path) -> Path:
-    """A RUN_DIR (its adapters/ or last checkpoint), a checkpoint folder or an adapter folder."""
-    p = Path(path)
-    if (p / "adapter_config.json").exists():
-        return p
-    if (p / "adapters" / "adapter_config.json").exists():
-        return p / "adapters"
-    from .checkpoint import latest
+    """A RUN_DIR (its best adapter, else adapters/, else its last checkpoint), a
+    checkpoint folder or an adapter folder (run_dir.resolve_adapter); says which."""
+    from .run_dir import resolve_adapter as resolve
 
-    ck = latest(p)
-    if ck is not None:
-        return ck
-    raise ExportError(f"{p}: no adapter_config.json here, in {p}/adapters or in a checkpoint; "
-                      "pass a RUN_DIR written by `mlx-opd train` or an adapter folder")
+    try:
+        found, note = resolve(path)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
+    if note:
+        print(note, file=sys.stderr)
+    return found
 
 
 def _check_adapter_matches(base: Path, adapter: Path) -> dict:

@@ -62,9 +62,20 @@ def saved_weights(model: nn.Module, adapter_config: dict) -> dict[str, mx.array]
     return trainable(model)
 
 
-def save_adapter(dest: Path, weights: dict[str, mx.array], adapter_config: dict) -> Path:
+def save_adapter(dest: Path, weights: dict[str, mx.array], adapter_config: dict,
+                 files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
+    """Write an adapter folder atomically; `files`: extra text files written with it;
+    `keep`: sub-folders of the folder being replaced that are carried over (the trainer's
+    adapters/best)."""
+    import shutil
+
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "adapters.safetensors"), weights)
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        for sub in keep:
+            if (Path(dest) / sub).is_dir():
+                shutil.copytree(Path(dest) / sub, tmp / sub)
 
     return write_dir_atomically(dest, write, kind="adapter")

@@ -11,7 +11,14 @@ PANELS = [("loss/objective", "loss"), ("loss/surrogate", "loss (sampled-token su
           ("rollout/mean_response_len", "mean response length (tokens)"),
           ("rollout/tokens_per_s", "rollout tokens/s"), ("optim/grad_norm", "grad norm"),
           ("optim/lr", "learning rate"), ("time/step_seconds", "seconds per step"),
-          ("memory/peak_bytes", "peak memory (GB)")]
+          ("memory/peak_bytes", "peak memory (GB)"),
+          ("val/plain_acc", "validation: plain full-image accuracy"),
+          ("val/student_acc", "validation: student-view accuracy"),
+          ("val/teacher_acc", "validation: crop (teacher view) accuracy"),
+          ("val/gap", "validation: gap (crop - plain)"),
+          ("val/format", "validation: readable answers (share)"),
+          ("val/divergence", "validation: held-out divergence"),
+          ("val/mean_answer_len", "validation: mean answer length (tokens)")]
 SCALE = {"memory/peak_bytes": 1e-9}  # shown in GB, not raw bytes
 
 
@@ -31,14 +38,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         raise ValueError(f"{path} is empty: no step has finished yet")
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
-    steps = [r["step"] for r in rows]
     panels = [(k, t) for k, t in PANELS if any(k in r for r in rows)]
     fig, axes = plt.subplots((len(panels) + 1) // 2, 2, figsize=(11, 2.6 * ((len(panels) + 1) // 2)))
     written = []
     from matplotlib.ticker import MaxNLocator
 
     for ax, (key, title) in zip(axes.flat, panels):
-        ys = [r.get(key, float("nan")) * SCALE.get(key, 1.0) for r in rows]
+        have = [r for r in rows if key in r]  # validation rows are separate records
+        steps = [r["step"] for r in have]
+        ys = [r[key] * SCALE.get(key, 1.0) for r in have]
         f, a = plt.subplots(figsize=(5, 3.2))
         for axis in (ax, a):
             axis.plot(steps, ys, marker="o" if len(steps) < 30 else None)

@@ -98,7 +98,7 @@ def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int
                    ) -> list[Rollouts]:
     """n samples from each prompt of `encs`, all rows decoded as one batch; `keys[p]` is
     prompt p's key (row_keys derives the rows'); `features[p]`, when given, prompt p's
-    precomputed input embeddings (see prefill)."""
+    precomputed input embeddings (see prefill). temperature 0: greedy."""
     t0 = time.perf_counter()
     model = loaded.model
     P = len(encs)
@@ -117,11 +117,14 @@ def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int
     stopped = mx.zeros((P * n,), dtype=mx.bool_)
     steps_ids, steps_lp = [], []
     for t in range(max_tokens):
-        scaled = logits / temperature
+        scaled = logits / temperature if temperature > 0 else logits
         if bias is not None:
             scaled = scaled + bias
         logp = _log_softmax(scaled)
-        tokens = mx.argmax(logp + _gumbel_rows(step_keys[:, t], logp), axis=-1)
+        if temperature > 0:
+            tokens = mx.argmax(logp + _gumbel_rows(step_keys[:, t], logp), axis=-1)
+        else:  # greedy (validation): the same ids as `sample(..., temperature=0)`
+            tokens = mx.argmax(logp, axis=-1)
         steps_ids.append(tokens)
         steps_lp.append(mx.take_along_axis(logp, tokens[:, None], -1)[:, 0])
         stopped = stopped | (tokens[:, None] == eos_ids[None, :]).any(-1)

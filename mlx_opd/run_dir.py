@@ -64,3 +64,30 @@ def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict
               f"  or export them: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
               "--out exports/hf --format hf"]
     return "\n".join(lines)
+
+
+def resolve_adapter(path) -> tuple[Path, str]:
+    """(adapter folder, what was taken and why) for `--adapter`: an adapter folder as is;
+    a RUN_DIR's best adapter (adapters/best, kept by validation) when it has one, else its
+    last (adapters/), else its newest checkpoint."""
+    import json
+
+    from .checkpoint import latest
+
+    p = Path(path)
+    if (p / "adapter_config.json").exists():
+        return p, ""
+    best = p / "adapters" / "best"
+    if (best / "adapter_config.json").exists():
+        info = json.loads((best / "best.json").read_text()) if (best / "best.json").exists() \
+            else {}
+        return best, (f"--adapter {p}: the best adapter, {best} (step {info.get('step', '?')}, "
+                      f"by validation {info.get('criterion', '?')}); the last is {p / 'adapters'}")
+    if (p / "adapters" / "adapter_config.json").exists():
+        return p / "adapters", f"--adapter {p}: the last adapter, {p / 'adapters'}"
+    ck = latest(p)
+    if ck is not None:
+        return ck, f"--adapter {p}: no final adapter yet; the newest checkpoint, {ck}"
+    raise FileNotFoundError(f"{p}: no adapter_config.json here, in {p}/adapters or in a "
+                            "checkpoint; pass a RUN_DIR written by `mlx-opd train` or an "
+                            "adapter folder")

@@ -25,7 +25,9 @@ Departures from the authors' recipe, deliberately:
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +52,9 @@ from .views import student_view, teacher_view
 
 class TrainingStopped(RuntimeError):
     """The run stopped early (non-finite steps); its last checkpoint is resumable."""
+
+
+BEST = "best"  # RUN_DIR/adapters/best: the best adapter by the validation criterion
 
 
 @dataclass
@@ -293,7 +298,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dis
     state = RunState()
     if resume:
         found = checkpoint.load_latest(run_dir, warn=print) if dist.main else None
-        counters = [0.0, 0.0, 0.0]
+        counters, guards = [0.0, 0.0, 0.0], None
         if found is not None:  # rank 0 reads it; everyone gets rank 0's values
             ck, saved = found
             loaded.model.update(tree_unflatten(list(saved["adapters"].items())))
@@ -302,12 +307,13 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dis
             optimizer.state = saved["optimizer"]
             s = saved["state"]
             counters = [s["step"], s["nonfinite_in_a_row"], s["nonfinite_total"]]
+            guards = s.get("validation")
             print(f"resumed from {ck} (step {s['step']})")
         loaded.model.update(distributed.broadcast_tree(loaded.model.trainable_parameters(), dist))
         teacher.params = distributed.broadcast_tree(teacher.params, dist)
         optimizer.state = distributed.broadcast_tree(optimizer.state, dist)
         step, in_a_row, total = (int(x) for x in distributed.sum_floats(counters, dist))
-        state = RunState(step, in_a_row, total)
+        state = RunState(step, in_a_row, total, {"validation": guards} if guards else {})
     return loaded, adapter_config, optimizer, teacher, state
 
 
@@ -316,7 +322,8 @@ def save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher, st
          "epoch": state.step * cfg.optim.prompts_per_step / n_samples,
          "nonfinite_in_a_row": state.nonfinite_in_a_row,
          "nonfinite_total": state.nonfinite_total, "seed": cfg.run.seed,
-         "rng": "rollout keys from (seed, step, prompt); global MLX seed from (seed, step)"}
+         "rng": "rollout keys from (seed, step, prompt); global MLX seed from (seed, step)",
+         "validation": state.extra.get("validation")}
     return checkpoint.save(run_dir, state.step, lora.saved_weights(loaded.model, adapter_config),
                            adapter_config, teacher.params, optimizer.state, s, cfg.run.keep_last)
 
@@ -347,11 +354,18 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     mlx.launch every rank runs this; only rank 0 writes (see distributed.py).
 
     Nothing is written until the data are read and the model is loaded, so a failed start
-    leaves no half-made run; an existing run is never mixed into (see check_run_dir)."""
+    leaves no half-made run; an existing run is never mixed into (see check_run_dir).
+    With validation on (validation.py) the held-out samples are evaluated every
+    `validation.every` steps and at the end, the best adapter is kept as
+    RUN_DIR/adapters/best, and the guards may stop the run early (with a checkpoint)."""
+    from . import validation as val
+    from .reporting import Reporter
+
     dist = distributed.init(required=cfg.run.distributed)
     run_dir = Path(cfg.run.out)
     check_run_dir(run_dir, resume, force)
     samples, report = read_samples(cfg.data)
+    samples, val_samples, val_note = val.carve(samples, cfg)
     cfg = check_base(cfg, resume)
     distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
     mx.random.seed(cfg.run.seed)
@@ -362,14 +376,33 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         write_config(run_dir, cfg)
     steps = total_steps(cfg, len(samples))
     log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
+    reporter = Reporter(cfg, run_dir) if dist.main else None
     progress = Progress(steps, state.step)
     watchdog = distributed.Watchdog(cfg.run.step_timeout_s, dist.rank) if dist.active else None
     t_start, first, last, tokens = time.perf_counter(), None, None, 0.0
+    validator = val.Validator(loaded, val_samples, cfg) if val_samples else None
+    guards = val.GuardState.from_dict(state.extra.get("validation"))
+    stop_reason = None
 
     def save():
         if dist.main:
             return save_checkpoint(run_dir, cfg, loaded, adapter_config, optimizer, teacher,
                                    state, len(samples))
+
+    def validate() -> str | None:
+        """Evaluate, log, keep the best adapter; the guards' reason to stop, or None."""
+        record = validator.run(loaded, teacher)
+        is_best, why = val.check(guards, record, cfg.validation, state.step)
+        state.extra["validation"] = guards.to_dict()
+        if dist.main:
+            log.write({"step": state.step, **record})
+            reporter.write(state.step, record)
+            print(val.format_line(state.step, record, guards), file=sys.stderr, flush=True)
+            if is_best:
+                lora.save_adapter(run_dir / "adapters" / BEST,
+                                  lora.saved_weights(loaded.model, adapter_config),
+                                  adapter_config, {"best.json": json.dumps(guards.best, indent=2)})
+        return why
 
     if dist.main:
         print(f"{report.summary()}; {steps} step(s) ({steps_explained(cfg, len(samples))}) of "
@@ -377,15 +410,22 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
               f"process(es); teacher {cfg.teacher.mode}; run dir {run_dir}")
         for msg in report.skipped[:20]:
             print(f"  skipped: {msg}")
+        if validator is not None:
+            print(f"{val_note}; every {cfg.validation.every or steps} step(s), best by "
+                  f"{cfg.validation.criterion}")
     beat = watchdog.beat if watchdog is not None else (lambda: None)
+    every = cfg.validation.every or steps
     try:
-        while state.step < steps:
+        if validator is not None and not guards.history:
+            stop_reason = validate()  # the base itself: what the best must beat
+        while state.step < steps and stop_reason is None:
             record = train_step(cfg, loaded, optimizer, teacher, samples, state, dist, beat)
             beat()
             first = record if first is None else first
             last, tokens = record, tokens + record["rollout/tokens"]
             if dist.main:
                 log.write(record)
+                reporter.write(state.step, record)
                 progress.update(state.step, loss_of(record),
                                 record["rollout/tokens_per_s"])
             if state.nonfinite_in_a_row > cfg.run.max_nonfinite:
@@ -394,7 +434,10 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
                     f"{state.nonfinite_in_a_row} non-finite steps in a row at step {state.step}; "
                     f"stopped with a checkpoint in {run_dir}/checkpoints. Lower optim.lr or check "
                     "the data, then resume with --resume")
-            if state.step % cfg.run.save_every == 0 or state.step == steps:
+            if validator is not None and (state.step % every == 0 or state.step == steps):
+                stop_reason = validate()
+                beat()
+            if state.step % cfg.run.save_every == 0 or state.step == steps or stop_reason:
                 save()
     except KeyboardInterrupt:
         ck = save()
@@ -412,10 +455,14 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     finally:
         if watchdog is not None:
             watchdog.stop()
+        if reporter is not None:
+            reporter.close()
     if dist.main:
         lora.save_adapter(run_dir / "adapters", lora.saved_weights(loaded.model, adapter_config),
-                          adapter_config)
+                          adapter_config, keep=(BEST,))
         print(summary_text(cfg, run_dir, first, last, tokens, time.perf_counter() - t_start))
+        if validator is not None:
+            print(val.summary_lines(guards, state.step, run_dir, stop_reason))
     return run_dir
 
 
