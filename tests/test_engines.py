@@ -38,13 +38,14 @@ def _export(tmp_path, data, *extra, fmt="verl", name="v"):
     return out
 
 
-def run_script(script: Path, args=(), env=None):
-    """The argv the script hands to python3 (nothing of the fork is run)."""
-    bin_dir = script.parent.parent / "fake-bin"
+def run_script(script: Path, args=(), env=None, binary: str = "python3"):
+    """The argv the script hands to `binary` (intercepted: nothing of the engine runs),
+    or the finished process when the script itself stops first."""
+    bin_dir = script.parent.parent / f"fake-{binary}"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python3").write_text(FAKE_PYTHON)
-    (bin_dir / "python3").chmod(0o755)
-    argv_out = script.parent.parent / "argv.bin"
+    (bin_dir / binary).write_text(FAKE_PYTHON)
+    (bin_dir / binary).chmod(0o755)
+    argv_out = script.parent.parent / f"argv-{binary}.bin"
     e = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_OUT=str(argv_out),
              **(env or {}))
     p = subprocess.run(["bash", str(script), *args], env=e, capture_output=True, text=True)
@@ -225,16 +226,8 @@ def _swift_parse(argv):
 
 def _script_argv(script: Path, model: str) -> list[str]:
     """The argv the script hands to `swift` (intercepted)."""
-    bin_dir = script.parent.parent / "fake-bin-swift"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "swift").write_text(FAKE_PYTHON)
-    (bin_dir / "swift").chmod(0o755)
-    argv_out = script.parent.parent / "swift-argv.bin"
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_OUT=str(argv_out),
-               MODEL=model)
-    subprocess.run(["bash", str(script)], env=env, check=True)
-    argv = argv_out.read_bytes().decode().split("\0")[:-1]
-    assert argv[0] == "rlhf"
+    argv = run_script(script, env={"MODEL": model}, binary="swift")
+    assert isinstance(argv, list) and argv[0] == "rlhf", argv
     return argv[1:]
 
 
