@@ -85,6 +85,7 @@ def _train_args(base, r, data, out, lr, steps, extra=()):
     return args
 
 
+@pytest.mark.numerics
 def test_degrading_run_stops_keeps_the_best_and_resumes(answering_base, tmp_path):
     """lr far too high: the answers leave the format, the format guard stops the run with a
     checkpoint, adapters/best is the adapter from before, and a resume keeps the history."""
