@@ -299,13 +299,19 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(ds):
             yield f"{path} row {i}", row
         return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
     if not files:
         raise DataError("no .parquet files found", str(path),
                         "point --data at a .jsonl file, a .parquet file or a folder of them")
+    yield from parquet_rows(files)
+
+
+def parquet_rows(files: list[Path], batch_size: int = 256) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every row of `files`, `batch_size` rows in memory at a time (a 4 GB
+    file is never loaded whole); a file that is not parquet is a DataError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     for file in files:
         try:
             pf = pq.ParquetFile(file)
@@ -314,7 +320,7 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
                             str(file), "check that the file is complete parquet, or give "
                             "JSONL (one object per line)") from None
         i = 0
-        for batch in pf.iter_batches(batch_size=256):  # a 4 GB file is never loaded whole
+        for batch in pf.iter_batches(batch_size=batch_size):
             for row in batch.to_pylist():
                 yield f"{file} row {i}", row
                 i += 1
@@ -349,7 +355,8 @@ def detect_format(path: Path) -> str:
 
 def _check_extracted(row: dict, base: Path, where: str) -> None:
     """Stop at the first row when the authors' images are still in their tarballs."""
-    if authors_layout(row) is None or not archive_groups(base):
+    groups = archive_groups(base) if authors_layout(row) is not None else {}
+    if not groups:
         return
     for key in ("images", "teacher_images", "bbox_images"):
         if row.get(key):
@@ -358,7 +365,7 @@ def _check_extracted(row: dict, base: Path, where: str) -> None:
             except DataError:
                 return
             if isinstance(ref, Path) and not ref.exists():
-                names = [p.name for parts in archive_groups(base).values() for p in parts]
+                names = [p.name for parts in groups.values() for p in parts]
                 raise DataError(f"image {ref} is not there: the dataset's images are still "
                                 f"in their archives ({', '.join(names)})", where,
                                 f"extract them once: {extract_hint(base)}")
@@ -375,8 +382,8 @@ def read_samples(cfg: DataConfig) -> tuple[list[Sample], ReadReport]:
     fmt = cfg.format
     if fmt in ("auto", "vision_opd"):
         fmt = detect_format(path)
-    elif path.is_file() and _sniff(path) != fmt:
-        raise DataError(f"data.format is {fmt} but the file is {_sniff(path)}", str(path),
+    elif path.is_file() and (found := _sniff(path)) != fmt:
+        raise DataError(f"data.format is {fmt} but the file is {found}", str(path),
                         "drop data.format (auto tells them apart by their content)")
     base = path.parent if path.is_file() else path
     rows = jsonl_rows(path) if fmt == "jsonl" else _table_rows(path)

@@ -66,6 +66,13 @@ def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict
     return "\n".join(lines)
 
 
+BEST = "best"  # RUN_DIR/adapters/best: the best adapter by the validation criterion
+
+
+def best_adapter_dir(run_dir) -> Path:
+    return Path(run_dir) / "adapters" / BEST
+
+
 def resolve_adapter(path) -> tuple[Path, str]:
     """(adapter folder, what was taken and why) for `--adapter`: an adapter folder as is;
     a RUN_DIR's best adapter (adapters/best, kept by validation) when it has one, else its
@@ -77,7 +84,7 @@ def resolve_adapter(path) -> tuple[Path, str]:
     p = Path(path)
     if (p / "adapter_config.json").exists():
         return p, ""
-    best = p / "adapters" / "best"
+    best = best_adapter_dir(p)
     if (best / "adapter_config.json").exists():
         info = json.loads((best / "best.json").read_text()) if (best / "best.json").exists() \
             else {}

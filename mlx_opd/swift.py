@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import Sample
-from .views import student_view, teacher_view
+from .views import save_pair
 
 
 class SwiftExportError(ValueError):
@@ -95,8 +95,7 @@ def swift_args(cfg: TrainConfig, model: str, dataset: str, output_dir: str,
 
 def launch_script(cfg: TrainConfig, model: str, dataset: str, output_dir: str) -> str:
     args = swift_args(cfg, "$MODEL", dataset, output_dir)
-    quoted = [a if a == "$MODEL" else shlex.quote(a) for a in args]
-    quoted = ['"$MODEL"' if a == "$MODEL" else a for a in quoted]
+    quoted = ['"$MODEL"' if a == "$MODEL" else shlex.quote(a) for a in args]
     pairs = [" ".join(quoted[i:i + 2]) for i in range(0, len(quoted), 2)]
     teacher = ("the student itself (teacher.mode=live)" if cfg.teacher.mode == "live" else
                "FROZEN: the base model (adapter disabled). ms-swift has no EMA teacher; the "
@@ -119,13 +118,10 @@ def launch_script(cfg: TrainConfig, model: str, dataset: str, output_dir: str) -
 
 def sample_rows(i: int, sample: Sample, cfg: TrainConfig, out: Path, root: str) -> list[dict]:
     """The row for one sample, rollout.n times (ms-swift samples once per row)."""
-    student, teacher = student_view(sample, cfg.views), teacher_view(sample, cfg.views)
-    for name, view in (("images", student), ("teacher_images", teacher)):
-        (out / name).mkdir(exist_ok=True)
-        view.image.save(out / name / f"{i:06d}.png")
+    student, _, image, crop = save_pair(sample, cfg.views, out, f"{i:06d}",
+                                        ("images", "teacher_images"), root)
     row = {"messages": [{"role": "user", "content": "<image>" + student.text}],
-           "images": [f"{root}/images/{i:06d}.png"],
-           "teacher_images": [f"{root}/teacher_images/{i:06d}.png"]}
+           "images": [image], "teacher_images": [crop]}
     return [row] * cfg.rollout.n
 
 

@@ -45,16 +45,21 @@ from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
 from .rollout import sample_prompts
-from .run_dir import check_run_dir, loss_of, start_run_dir, summary_text, write_config
+from .run_dir import (
+    BEST,
+    best_adapter_dir,
+    check_run_dir,
+    loss_of,
+    start_run_dir,
+    summary_text,
+    write_config,
+)
 from .teacher import Teacher
 from .views import student_view, teacher_view
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped early (non-finite steps); its last checkpoint is resumable."""
-
-
-BEST = "best"  # RUN_DIR/adapters/best: the best adapter by the validation criterion
 
 
 @dataclass
@@ -399,11 +404,12 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
             reporter.write(state.step, record)
             print(val.format_line(state.step, record, guards), file=sys.stderr, flush=True)
             if is_best:
-                lora.save_adapter(run_dir / "adapters" / BEST,
+                lora.save_adapter(best_adapter_dir(run_dir),
                                   lora.saved_weights(loaded.model, adapter_config),
                                   adapter_config, {"best.json": json.dumps(guards.best, indent=2)})
         return why
 
+    every = cfg.validation.every or steps
     if dist.main:
         print(f"{report.summary()}; {steps} step(s) ({steps_explained(cfg, len(samples))}) of "
               f"{cfg.optim.prompts_per_step} prompts x {cfg.rollout.n} samples on {dist.size} "
@@ -411,10 +417,9 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         for msg in report.skipped[:20]:
             print(f"  skipped: {msg}")
         if validator is not None:
-            print(f"{val_note}; every {cfg.validation.every or steps} step(s), best by "
+            print(f"{val_note}; every {every} step(s), best by "
                   f"{cfg.validation.criterion}")
     beat = watchdog.beat if watchdog is not None else (lambda: None)
-    every = cfg.validation.every or steps
     try:
         if validator is not None and not guards.history:
             stop_reason = validate()  # the base itself: what the best must beat

@@ -20,7 +20,6 @@ resumed run keeps it exactly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,13 +229,11 @@ def format_line(step: int, record: dict, state: GuardState) -> str:
     return " | ".join(parts)
 
 
-def finite(record: dict) -> bool:
-    return all(math.isfinite(v) for v in record.values() if isinstance(v, float))
-
-
 def summary_lines(state: GuardState, step: int, run_dir, stop_reason: str | None) -> str:
     """The end of a validated run: why it ended, and both adapters with their figures."""
     from pathlib import Path
+
+    from .run_dir import best_adapter_dir
 
     run_dir = Path(run_dir)
     last = state.history[-1] if state.history else {}
@@ -247,11 +244,12 @@ def summary_lines(state: GuardState, step: int, run_dir, stop_reason: str | None
         keys = ("plain_acc", "student_acc", "teacher_acc", "gap", "format", "divergence")
         return ", ".join(f"{k} {rec[f'val/{k}']:.3f}" for k in keys if f"val/{k}" in rec)
 
-    lines.append(f"  last adapter: {run_dir / 'adapters'} (step {step}; {figures(last)})")
+    last_dir, best_dir = run_dir / "adapters", best_adapter_dir(run_dir)
+    lines.append(f"  last adapter: {last_dir} (step {step}; {figures(last)})")
     if state.best is not None:
         b = state.best
-        lines.append(f"  best adapter: {run_dir / 'adapters' / 'best'} (step {b['step']}, by "
+        lines.append(f"  best adapter: {best_dir} (step {b['step']}, by "
                      f"{b['criterion']}; {figures(b['metrics'])})")
     lines.append(f"next: mlx-opd eval --adapter {run_dir} ... takes the best adapter "
-                 f"({run_dir / 'adapters' / 'best'}); pass {run_dir / 'adapters'} for the last")
+                 f"({best_dir}); pass {last_dir} for the last")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import Sample
-from .views import question_text, student_view, teacher_view
+from .views import question_text, save_pair
 
 COLUMNS = ("data_source", "prompt", "images", "bbox_images", "ability", "reward_model",
            "extra_info")
@@ -246,18 +246,16 @@ def _conform(value, typ):
 def sample_row(i: int, sample: Sample, cfg: TrainConfig, out: Path, root: str) -> dict:
     """One prepared-layout row; writes its two PNGs under `out`, paths as seen from `root`
     (where DIR will be on the machine that trains)."""
-    student, teacher = student_view(sample, cfg.views), teacher_view(sample, cfg.views)
-    for name, view in (("images", student), ("bbox_images", teacher)):
-        (out / name).mkdir(exist_ok=True)
-        view.image.save(out / name / f"{i:06d}.png")
+    student, _, image, crop = save_pair(sample, cfg.views, out, f"{i:06d}",
+                                        ("images", "bbox_images"), root)
     answer = sample.answer or ""
     question = question_text(sample, cfg.views, hint=False)  # as their clean_question
     box = [int(round(v)) for v in sample.box] if sample.box else None
     return {
         "data_source": "mlx-opd",
         "prompt": [{"role": "user", "content": "<image>\n" + student.text}],
-        "images": [{"path": f"{root}/images/{i:06d}.png"}],
-        "bbox_images": [{"path": f"{root}/bbox_images/{i:06d}.png"}],
+        "images": [{"path": image}],
+        "bbox_images": [{"path": crop}],
         "ability": "visual_question_answering",
         "reward_model": {"style": "none", "ground_truth": answer},
         "extra_info": {"answer": answer, "question": question,

@@ -4,7 +4,8 @@
   hint (+ options and answer instruction). The student samples answers from this view.
 - teacher: the box cropped (optional margin) and zoomed x2, same text as the student.
 - plain: the full image, no box, no hint: the deployment setting evaluation measures.
-Pure functions of (sample, image, config); no model involved.
+Pure functions of (sample, image, config); no model involved (`save_pair` writes two
+of them for the engine exports).
 """
 
 from __future__ import annotations
@@ -134,3 +135,17 @@ def all_views(sample: Sample, cfg: ViewConfig = ViewConfig()) -> dict[str, View]
     if not sample.boxed_image or sample.clean_image is not None:
         out = {"plain": plain_view(sample, cfg)} | out
     return out
+
+
+def save_pair(sample: Sample, cfg: ViewConfig, out, stem: str, folders: tuple[str, str],
+              root: str) -> tuple[View, View, str, str]:
+    """The student and teacher views saved as out/FOLDER/STEM.png (the engine exports);
+    returns both views and the two files' paths as seen from `root`, the folder `out`
+    will be on the machine that trains."""
+    from pathlib import Path
+
+    views = student_view(sample, cfg), teacher_view(sample, cfg)
+    for folder, view in zip(folders, views):
+        (Path(out) / folder).mkdir(exist_ok=True)
+        view.image.save(Path(out) / folder / f"{stem}.png")
+    return (*views, *(f"{root}/{folder}/{stem}.png" for folder in folders))

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from ..data import parquet_rows as data_parquet_rows
 from ..errors import DataError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -73,15 +74,9 @@ def parquet_count(files: list[Path]) -> int:
 
 
 def parquet_rows(files: list[Path], batch_size: int = 4) -> Iterator[tuple[str, dict]]:
-    """(where, row) for every row, `batch_size` rows in memory at a time."""
-    import pyarrow.parquet as pq
-
-    for f in files:
-        i = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
-            for row in batch.to_pylist():
-                yield f"{f} row {i}", row
-                i += 1
+    """(where, row) for every row, `batch_size` rows in memory at a time (data.parquet_rows;
+    benchmark rows carry whole images, so a few at a time)."""
+    return data_parquet_rows(files, batch_size)
 
 
 def csv_rows(path: Path) -> list[tuple[str, dict]]:
