@@ -746,7 +746,11 @@ def doctor(no_measure, as_json):
 @click.option("--compare-teachers", is_flag=True,
               help="Baselines instead: frozen / EMA / live teacher and off-policy SFT on the "
                    "teacher's crop answers (OUT/compare.json, OUT/compare.png).")
-def demo(out, quick, cache, compare_teachers):
+@click.option("--check", is_flag=True,
+              help="Exit with status 1 when the held-out figures miss the demo's targets "
+                   "(gap before >= 0.3, >= 50% of it closed, plain +15 points, crop -5 points "
+                   "at most); CI runs it.")
+def demo(out, quick, cache, compare_teachers, check):
     """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
     eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -758,7 +762,10 @@ def demo(out, quick, cache, compare_teachers):
         if compare_teachers:
             run_compare(out, quick=quick, cache=cache, log=log)
         else:
-            run_demo(out, quick=quick, cache=cache, log=log)
+            summary = run_demo(out, quick=quick, cache=cache, log=log)
+            if check and summary["missed_targets"]:
+                _fail(RuntimeError("the demo missed its targets: "
+                                   + "; ".join(summary["missed_targets"])))
     except (FileExistsError, RuntimeError) as e:
         _fail(e)
 

@@ -305,6 +305,10 @@ class ValidationConfig:
     min_format: float = 0.0       # stop when the share of readable answers falls below this
     patience: int = 0             # stop after this many evaluations in a row worse than the
     margin: float = 0.05          # best by more than `margin` (0: never)
+    max_teacher_drop: float | None = None  # a step whose answers on the teacher view (the
+                                  # crop) fall below their step-0 accuracy by more than this
+                                  # closed the gap by forgetting: never the best; `patience`
+                                  # (at least 1) such steps in a row stop the run. None: off
 
     def __post_init__(self):
         choose("validation.criterion", self.criterion, VAL_CRITERIA)
@@ -315,6 +319,9 @@ class ValidationConfig:
                              "must be >= 0")
         if not 0.0 <= self.min_format <= 1.0:
             raise ValueError(f"validation.min_format must be in [0, 1], got {self.min_format}")
+        if self.max_teacher_drop is not None and not 0.0 <= self.max_teacher_drop <= 1.0:
+            raise ValueError("validation.max_teacher_drop must be in [0, 1] (or null: off), "
+                             f"got {self.max_teacher_drop}")
         if self.max_tokens < 1 or self.batch < 1 or (self.limit is not None and self.limit < 1):
             raise ValueError("validation.max_tokens, validation.batch and validation.limit "
                              "must be >= 1")

@@ -208,10 +208,27 @@ def eos_token_ids(loaded: Loaded) -> list[int]:
     return sorted(ids)
 
 
+class _DropProcessorKwargsNote:
+    """transformers 5 warns on every chat template that mlx-vlm renders with its own keyword
+    arguments (`processor_kwargs`); the prompt is right, the line repeats once per image."""
+
+    def filter(self, record) -> bool:
+        return "have to be in `processor_kwargs`" not in record.getMessage()
+
+
+def _quiet_processor_note() -> None:
+    import logging
+
+    log = logging.getLogger("transformers.processing_utils")
+    if not any(isinstance(f, _DropProcessorKwargsNote) for f in log.filters):
+        log.addFilter(_DropProcessorKwargsNote())
+
+
 def format_prompt(loaded: Loaded, text: str) -> str:
     """The chat-formatted prompt for one image + `text` (the family's message format)."""
     from mlx_vlm.prompt_utils import apply_chat_template
 
+    _quiet_processor_note()
     return apply_chat_template(loaded.processor, loaded.model.config, text, num_images=1)
 
 

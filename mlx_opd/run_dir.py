@@ -67,6 +67,7 @@ def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict
 
 
 BEST = "best"  # RUN_DIR/adapters/best: the best adapter by the validation criterion
+VALIDATION_FILE = "validation.json"  # RUN_DIR/validation.json: history, best, why it stopped
 
 
 def best_adapter_dir(run_dir) -> Path:

@@ -47,6 +47,7 @@ from .metrics import MetricsLog, Progress
 from .rollout import sample_prompts
 from .run_dir import (
     BEST,
+    VALIDATION_FILE,
     best_adapter_dir,
     check_run_dir,
     loss_of,
@@ -400,6 +401,8 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         is_best, why = val.check(guards, record, cfg.validation, state.step)
         state.extra["validation"] = guards.to_dict()
         if dist.main:
+            # the guards' state as of now, for people and scripts (the checkpoint keeps its own)
+            (run_dir / VALIDATION_FILE).write_text(json.dumps(guards.to_dict(), indent=2))
             log.write({"step": state.step, **record})
             reporter.write(state.step, record)
             print(val.format_line(state.step, record, guards), file=sys.stderr, flush=True)

@@ -11,9 +11,11 @@ greedily, all prompts of a group decoded together, their prompt encodings made o
 - `val/divergence`: the training divergence between the teacher (its current weights, on
   the crop) and the student (on its view) along the student's greedy answers, token mean.
   It needs no labels, so it guards unlabelled data too.
-The guards (`check`) stop the run when the format share falls below `min_format`, or when
-the criterion is worse than its best by more than `margin` for `patience` evaluations in a
-row; the best adapter by the criterion is kept as RUN_DIR/adapters/best (trainer.py).
+The guards (`check`) stop the run when the format share falls below `min_format`, when
+the student's answers on the crop fall below their step-0 accuracy by more than
+`max_teacher_drop` (closing the gap by forgetting; such a step is never the best, and
+`patience` of them in a row stop the run), or when the criterion is worse than its
+best by more than `margin` for `patience` evaluations in a row; the best adapter by the criterion is kept as RUN_DIR/adapters/best (trainer.py).
 Guard state (history, best, the count of worse evaluations) lives in the checkpoint, so a
 resumed run keeps it exactly.
 """
@@ -161,14 +163,18 @@ class GuardState:
     history: list
     best: dict | None = None        # {"step", "value", "criterion", "metrics"}
     worse_in_a_row: int = 0
+    stopped: str | None = None      # why a guard stopped the run, once one has
+    forgot_in_a_row: int = 0        # evaluations in a row with the crop view fallen
 
     def to_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "worse_in_a_row": self.worse_in_a_row}
+        return {"history": self.history, "best": self.best, "worse_in_a_row": self.worse_in_a_row,
+                "stopped": self.stopped, "forgot_in_a_row": self.forgot_in_a_row}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GuardState":
         d = d or {}
-        return cls(list(d.get("history", [])), d.get("best"), int(d.get("worse_in_a_row", 0)))
+        return cls(list(d.get("history", [])), d.get("best"), int(d.get("worse_in_a_row", 0)),
+                   d.get("stopped"), int(d.get("forgot_in_a_row", 0)))
 
 
 def criterion_of(v: ValidationConfig, record: dict) -> str:
@@ -190,20 +196,46 @@ def score_of(criterion: str, record: dict) -> float:
     return record[key]
 
 
+def teacher_drop(state: GuardState, record: dict, v: ValidationConfig) -> str | None:
+    """Why this evaluation counts as forgetting (the student's crop answers fell below
+    their first evaluation's by more than `max_teacher_drop`), or None."""
+    key = "val/teacher_acc"
+    if v.max_teacher_drop is None or key not in record or not state.history \
+            or key not in state.history[0]:
+        return None
+    start = state.history[0][key]
+    if record[key] >= start - v.max_teacher_drop - 1e-9:  # 1e-9: shares of whole counts
+        return None
+    return (f"forgetting: the teacher view (crop) is answered at {record[key]:.2f}, below its "
+            f"{start:.2f} at step {state.history[0]['step']} by more than "
+            f"validation.max_teacher_drop={v.max_teacher_drop:g}")
+
+
 def check(state: GuardState, record: dict, v: ValidationConfig, step: int
           ) -> tuple[bool, str | None]:
     """(is this the best so far, why to stop or None); updates `state`. Pure apart from it."""
+    is_best, why = _check(state, record, v, step)
+    state.stopped = why
+    return is_best, why
+
+
+def _check(state: GuardState, record: dict, v: ValidationConfig, step: int
+           ) -> tuple[bool, str | None]:
     crit = criterion_of(v, record)
     value = score_of(crit, record)
+    forgot = teacher_drop(state, record, v)
     state.history.append({"step": step, **record})
-    is_best = state.best is None or value > state.best["value"]
+    is_best = forgot is None and (state.best is None or value > state.best["value"])
     if is_best:
         state.best = {"step": step, "value": value, "criterion": crit, "metrics": dict(record)}
-    best = state.best["value"]
+    best = state.best["value"] if state.best is not None else value
     state.worse_in_a_row = state.worse_in_a_row + 1 if value < best - v.margin else 0
+    state.forgot_in_a_row = state.forgot_in_a_row + 1 if forgot else 0
     if v.min_format > 0 and record["val/format"] < v.min_format:
         return is_best, (f"answer format: {record['val/format']:.2f} of the validation answers "
                          f"are readable, below validation.min_format={v.min_format:g}")
+    if forgot and state.forgot_in_a_row >= max(v.patience, 1):  # a dip alone is only skipped
+        return is_best, f"{forgot}, {state.forgot_in_a_row} evaluation(s) in a row"
     if v.patience and state.worse_in_a_row >= v.patience:
         shown = -value if crit == "divergence" else value
         best_shown = -best if crit == "divergence" else best

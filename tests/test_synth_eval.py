@@ -123,10 +123,38 @@ def test_demo_quick_end_to_end(tmp_path):
         assert all(0.0 <= s[part][k] <= 1.0 for k in ("plain_acc", "student_acc", "teacher_acc"))
     assert s["gap_before"] == pytest.approx(s["before"]["teacher_acc"] - s["before"]["plain_acc"])
     assert s["gap_after"] == pytest.approx(s["after"]["teacher_acc"] - s["after"]["plain_acc"])
-    assert s["train_steps"] == 2 and s["wall_seconds"] > 0
-    assert Path(s["base_model"]).exists() and (Path(s["adapter"]) / "adapter_config.json").exists()
-    assert [h["step"] for h in s["history"]] == [0, 1, 2]
+    assert s["train_steps"] == 2 and s["wall_seconds"] > 0 and s["last_step"] == 2
+    assert Path(s["base_model"]).exists()
+    assert (Path(s["last_adapter"]) / "adapter_config.json").exists()
+    # validated at the start and after every step, on its own split (4 scenes)
+    assert [h["step"] for h in s["validation"]] == [0, 1, 2]
+    assert all(h["n"] == 4 and 0.0 <= h["format"] <= 1.0 for h in s["validation"])
+    if s["best_step"]:  # the adapter reported is the one validation kept
+        assert Path(s["adapter"]).name == "best"
+        assert (Path(s["adapter"]) / "adapter_config.json").exists()
+    else:  # no step beat the base: the base is what is reported, said as such
+        assert s["after"] == s["before"] and s["adapter"] == s["base_model"]
+    assert s["missed_targets"] is None  # a plumbing run has no targets
     assert (tmp_path / "demo" / "summary.png").stat().st_size > 1000
+
+
+def test_demo_targets_name_each_miss_with_its_figure():
+    from mlx_opd.demo import missed_targets
+
+    def summary(p0, c0, p1, c1):
+        return {"before": {"plain_acc": p0, "teacher_acc": c0},
+                "after": {"plain_acc": p1, "teacher_acc": c1},
+                "gap_before": c0 - p0, "gap_after": c1 - p1}
+
+    assert missed_targets(summary(0.30, 1.00, 0.90, 0.97)) == []
+    # exactly on every bar passes: shares of whole counts compared with 1e-9 slack
+    assert missed_targets(summary(0.40, 1.00, 0.70, 0.95)) == []
+    assert missed_targets(summary(0.30, 1.00, 0.30, 1.00)) == [
+        "gap closed 0% < 50%", "plain 0.30 -> 0.30: up less than 0.15"]
+    # closing the gap by forgetting the crop is not the method working
+    assert missed_targets(summary(0.30, 1.00, 0.85, 0.85)) == [
+        "crop 1.00 -> 0.85: down more than 0.05"]
+    assert missed_targets(summary(0.80, 1.00, 0.99, 1.00))[0] == "gap before +0.20 < 0.3"
 
 
 def test_tiny_base_calibration_rule_trains_more_then_says_so(tmp_path):

@@ -61,6 +61,35 @@ def test_guards_stop_on_format_and_on_patience():
     assert val.GuardState.from_dict(json.loads(json.dumps(st.to_dict()))) == st
 
 
+def test_teacher_drop_guard_stops_on_forgetting_and_never_keeps_that_step():
+    v = ValidationConfig(fraction=0.1, max_teacher_drop=0.05, patience=2)
+    st = val.GuardState([])
+    rec = lambda plain, crop: {"val/plain_acc": plain, "val/teacher_acc": crop,  # noqa: E731
+                               "val/format": 1.0, "val/divergence": 0.1}
+    assert val.check(st, rec(0.30, 1.00), v, 0) == (True, None)
+    assert val.check(st, rec(0.70, 0.95), v, 50) == (True, None)     # exactly the allowance
+    assert val.check(st, rec(0.90, 0.9375), v, 100) == (False, None)  # better plain, crop lost:
+    assert st.best["step"] == 50                                      # skipped, one dip only
+    assert val.check(st, rec(0.80, 1.00), v, 150) == (True, None)     # the crop is back
+    assert val.check(st, rec(0.90, 0.90), v, 200) == (False, None)
+    best, why = val.check(st, rec(0.95, 0.875), v, 250)               # second in a row: stop
+    assert not best and why.startswith("forgetting: the teacher view (crop) is answered at 0.88")
+    assert "below its 1.00 at step 0" in why and why.endswith("2 evaluation(s) in a row")
+    assert st.best["step"] == 150
+    assert st.stopped == why and val.GuardState.from_dict(st.to_dict()) == st
+    # patience 0: the first forgetting stops
+    once = val.GuardState([])
+    v0 = ValidationConfig(fraction=0.1, max_teacher_drop=0.05)
+    val.check(once, rec(0.3, 1.0), v0, 0)
+    assert val.check(once, rec(0.9, 0.9), v0, 10)[1].endswith("1 evaluation(s) in a row")
+    # off by default: the same records never stop a run
+    off = val.GuardState([])
+    for step, r in ((0, rec(0.3, 1.0)), (100, rec(0.9, 0.5))):
+        assert val.check(off, r, ValidationConfig(fraction=0.1), step)[1] is None
+    with pytest.raises(ValueError, match="max_teacher_drop"):
+        ValidationConfig(max_teacher_drop=1.5)
+
+
 @pytest.fixture(scope="module")
 def answering_base(tmp_path_factory):
     """A tiny base that answers in the format (the demo's recipe, a short SFT)."""
