@@ -750,7 +750,10 @@ def doctor(no_measure, as_json):
               help="Exit with status 1 when the held-out figures miss the demo's targets "
                    "(gap before >= 0.3, >= 50% of it closed, plain +15 points, crop -5 points "
                    "at most); CI runs it.")
-def demo(out, quick, cache, compare_teachers, check):
+@click.option("--seed", type=int, default=None,
+              help="The training run's seed (rollout samples, data order); the base, data "
+                   "and splits stay the same, so runs differ only in their sampling.")
+def demo(out, quick, cache, compare_teachers, check, seed):
     """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
     eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -762,7 +765,7 @@ def demo(out, quick, cache, compare_teachers, check):
         if compare_teachers:
             run_compare(out, quick=quick, cache=cache, log=log)
         else:
-            summary = run_demo(out, quick=quick, cache=cache, log=log)
+            summary = run_demo(out, quick=quick, cache=cache, log=log, seed=seed)
             if check and summary["missed_targets"]:
                 _fail(RuntimeError("the demo missed its targets: "
                                    + "; ".join(summary["missed_targets"])))

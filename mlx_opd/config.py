@@ -308,7 +308,7 @@ class ValidationConfig:
     max_teacher_drop: float | None = None  # a step whose answers on the teacher view (the
                                   # crop) fall below their step-0 accuracy by more than this
                                   # closed the gap by forgetting: never the best; `patience`
-                                  # (at least 1) such steps in a row stop the run. None: off
+                                  # such steps in a row stop the run (0: only skipped). None: off
 
     def __post_init__(self):
         choose("validation.criterion", self.criterion, VAL_CRITERIA)

@@ -25,9 +25,8 @@ Departures from the authors' set-up, deliberately (a 1M-parameter model, minutes
 4. The base is taught uninformative (uniform) answers on full scenes, so its crop-vs-full
    gap is a property of what it has seen (see `_base_examples`).
 5. The run is validated every 50 steps on 64 scenes of its own; the reported adapter is
-   the best by plain accuracy among the steps whose crop answers held (within 0.05); two
-   evaluations in a row below that, or plain accuracy 0.05 under its best, stop the run
-   (docs/demo.md says why).
+   the best by plain accuracy among the steps whose crop answers held (within 0.05); the
+   run goes on through dips of the crop view, which recover (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ class DemoRecipe:
     opd_steps: int = 300
     opd_lr: float = 8e-4          # bias-corrected AdamW (the recipe's)
     eval_every: int = 50          # validation every N steps (and at the end)
-    max_crop_drop: float = 0.05   # the guard: a step whose crop view fell by more is
-                                  # never the best; two such evaluations in a row stop it
+    max_crop_drop: float = 0.05   # a step whose crop view fell by more is never the best
+                                  # (only skipped: the crop view dips and recovers here)
     min_format: float = 0.5       # the guard: stop once half the answers are unreadable
     seed: int = 0
 
@@ -277,8 +276,7 @@ def train_config(r: DemoRecipe, base: Path, train_data: Path, run_dir: Path,
         **({"validation.path": str(val_data), "validation.every": r.eval_every,
             "validation.limit": None, "validation.max_tokens": 3, "validation.batch": 16,
             "validation.criterion": "plain_acc", "validation.min_format": r.min_format,
-            "validation.max_teacher_drop": r.max_crop_drop, "validation.patience": 2,
-            "validation.margin": 0.05} if val_data else {})})
+            "validation.max_teacher_drop": r.max_crop_drop} if val_data else {})})
 
 
 def _accuracies(loaded, samples, r: DemoRecipe,
@@ -357,8 +355,10 @@ def _guard_state(run_dir: Path) -> dict:
 
 
 def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = None,
-             log=print) -> dict:
-    """The whole demo; returns (and writes) DIR/summary.json, and DIR/summary.png."""
+             log=print, seed: int | None = None) -> dict:
+    """The whole demo; returns (and writes) DIR/summary.json, and DIR/summary.png. `seed`:
+    the training run's seed (rollout samples, data order) instead of the recipe's; the
+    base, data and splits stay the recipe's, so runs differ only in their sampling."""
     from . import models
     from .config import DataConfig
     from .data import read_samples
@@ -387,7 +387,12 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
         f"adapter among the steps whose crop view held (within {r.max_crop_drop})")
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # the earlier demo's own run (announced above)
-    train(train_config(r, base, paths["train"], run_dir, val_path))
+    cfg = train_config(r, base, paths["train"], run_dir, val_path)
+    if seed is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, run=replace(cfg.run, seed=seed))
+    train(cfg)
     guards = _guard_state(run_dir)
     history = guards.get("history", [])
     best_step = (guards.get("best") or {}).get("step", 0)
@@ -401,7 +406,9 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
             f"teacher (crop) {acc['teacher_acc']:.2f}")
     summary = {
         "before": before, "after": after, "last": last,
-        "best_step": best_step, "last_step": last_step, "stopped": guards.get("stopped"),
+        "best_step": best_step, "last_step": last_step,
+        # a guard that fires at the last step stopped nothing
+        "stopped": guards.get("stopped") if last_step < r.opd_steps else None,
         "gap_before": before["teacher_acc"] - before["plain_acc"],
         "gap_after": after["teacher_acc"] - after["plain_acc"],
         "train_steps": last_step, "wall_seconds": time.time() - t0,
@@ -409,7 +416,7 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
         "last_adapter": str(run_dir / "adapters"),
         "validation": [{"step": h["step"], **{k[4:]: v for k, v in h.items()
                                               if k.startswith("val/")}} for h in history],
-        "quick": quick, "recipe": asdict(r),
+        "quick": quick, "recipe": asdict(r), "run_seed": r.seed if seed is None else seed,
         "base_calibration": json.loads((base / "base_recipe.json").read_text()).get("calibration"),
         "numerics": numerics(),
     }

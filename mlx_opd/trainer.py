@@ -470,7 +470,9 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
                           adapter_config, keep=(BEST,))
         print(summary_text(cfg, run_dir, first, last, tokens, time.perf_counter() - t_start))
         if validator is not None:
-            print(val.summary_lines(guards, state.step, run_dir, stop_reason))
+            # a guard firing at the last step stopped nothing
+            print(val.summary_lines(guards, state.step, run_dir,
+                                    stop_reason if state.step < steps else None))
     return run_dir
 
 

@@ -14,7 +14,7 @@ greedily, all prompts of a group decoded together, their prompt encodings made o
 The guards (`check`) stop the run when the format share falls below `min_format`, when
 the student's answers on the crop fall below their step-0 accuracy by more than
 `max_teacher_drop` (closing the gap by forgetting; such a step is never the best, and
-`patience` of them in a row stop the run), or when the criterion is worse than its
+`patience` of them in a row stop the run; 0: they are only skipped), or when the criterion is worse than its
 best by more than `margin` for `patience` evaluations in a row; the best adapter by the criterion is kept as RUN_DIR/adapters/best (trainer.py).
 Guard state (history, best, the count of worse evaluations) lives in the checkpoint, so a
 resumed run keeps it exactly.
@@ -234,7 +234,7 @@ def _check(state: GuardState, record: dict, v: ValidationConfig, step: int
     if v.min_format > 0 and record["val/format"] < v.min_format:
         return is_best, (f"answer format: {record['val/format']:.2f} of the validation answers "
                          f"are readable, below validation.min_format={v.min_format:g}")
-    if forgot and state.forgot_in_a_row >= max(v.patience, 1):  # a dip alone is only skipped
+    if forgot and v.patience and state.forgot_in_a_row >= v.patience:
         return is_best, f"{forgot}, {state.forgot_in_a_row} evaluation(s) in a row"
     if v.patience and state.worse_in_a_row >= v.patience:
         shown = -value if crit == "divergence" else value

@@ -77,11 +77,13 @@ def test_teacher_drop_guard_stops_on_forgetting_and_never_keeps_that_step():
     assert "below its 1.00 at step 0" in why and why.endswith("2 evaluation(s) in a row")
     assert st.best["step"] == 150
     assert st.stopped == why and val.GuardState.from_dict(st.to_dict()) == st
-    # patience 0: the first forgetting stops
-    once = val.GuardState([])
+    # patience 0: such steps are skipped as the best, and never stop the run
+    skip = val.GuardState([])
     v0 = ValidationConfig(fraction=0.1, max_teacher_drop=0.05)
-    val.check(once, rec(0.3, 1.0), v0, 0)
-    assert val.check(once, rec(0.9, 0.9), v0, 10)[1].endswith("1 evaluation(s) in a row")
+    val.check(skip, rec(0.3, 1.0), v0, 0)
+    for step in (10, 20, 30):
+        assert val.check(skip, rec(0.9, 0.9), v0, step) == (False, None)
+    assert skip.best["step"] == 0 and skip.forgot_in_a_row == 3
     # off by default: the same records never stop a run
     off = val.GuardState([])
     for step, r in ((0, rec(0.3, 1.0)), (100, rec(0.9, 0.5))):
