@@ -43,7 +43,7 @@ from .config import PixelConfig, SynthConfig, ViewConfig
 SFT_SEED_OFFSET = 7_000_001  # the base's own scenes: disjoint from train / held-out
 CAL_SEED_OFFSET = 8_000_009  # the base's calibration scenes: disjoint from all others
 VAL_SEED_OFFSET = 6_000_007  # the demo run's validation scenes (best adapter, guards)
-RECIPE_VERSION = 5           # bump when the base recipe's code changes (invalidates caches)
+RECIPE_VERSION = 6           # bump when the base recipe's code changes (invalidates caches)
 
 
 @dataclass(frozen=True)
@@ -132,30 +132,30 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
     """(crop examples, full-view examples) for the base's supervised training.
 
     Crops carry the true answer: the base learns to read a colour when the evidence
-    fills the image. Each full cluttered view appears once with every option as its
-    answer, so in expectation its loss is the cross-entropy against the uniform answer:
-    the base learns that a full view does not determine the answer, as a model whose
-    training never tied small details in big scenes to answers. That is the gap by
-    construction. An earlier recipe gave each full view ONE random option: the base then
-    memorised 600 random labels, and how far that bent its reading of full views depended
-    on the CPU's rounding (from a base at 0.26 on full views, Vision-OPD sat on a plateau
-    for 200 steps and closed 38% of the gap; docs/demo.md). The uniform answer leaves
-    nothing to memorise."""
+    fills the image. On a full cluttered view the first answer token's target is every
+    option letter equally (the uniform answer, exactly, in every batch): the base learns
+    that a full view does not determine the answer, as a model whose training never tied
+    small details in big scenes to answers. That is the gap by construction. Two earlier
+    recipes depended on the CPU's rounding (docs/demo.md): ONE random option per full view
+    (memorised differently per machine; from a base at chance Vision-OPD sat on a plateau)
+    and every option as its own example (uniform only in expectation: the contradicting
+    labels' gradients made the crop skill collapse on one configuration)."""
     from . import models
     from .views import LETTERS, plain_view, teacher_view
 
+    letters = [L.tokenizer.encode(x, add_special_tokens=False) for x in LETTERS[:26]]
     crops, fulls = [], []
     for s in samples:
         v = teacher_view(s, views())
-        crop = (models.encode(L, v.image, v.text, pixels(r)),
-                L.tokenizer.encode(s.answer, add_special_tokens=False) + [eos])
+        crops.append((models.encode(L, v.image, v.text, pixels(r)),
+                      L.tokenizer.encode(s.answer, add_special_tokens=False) + [eos]))
         p = plain_view(s, views())
-        full = models.encode(L, p.image, p.text, pixels(r))
-        # every option once: in expectation the cross-entropy against the uniform answer
-        # (nothing to memorise); the crop repeated as often keeps the two views' weights
-        crops += [crop] * len(s.options)
-        fulls += [(full, L.tokenizer.encode(LETTERS[i], add_special_tokens=False) + [eos])
-                  for i in range(len(s.options))]
+        options = [ids[0] for ids in letters[:len(s.options)] if len(ids) == 1]
+        if len(options) != len(s.options):
+            raise RuntimeError("tiny base: an option letter is not one token in this "
+                               "tokenizer; the uniform answer needs one token per option")
+        # the first answer token's target: every option letter equally (then the stop)
+        fulls.append((models.encode(L, p.image, p.text, pixels(r)), [options[0], eos], options))
     return crops, fulls
 
 

@@ -12,18 +12,42 @@ import mlx.optimizers as optim
 from . import models
 
 
-def response_ce(model: nn.Module, batch: models.Batch) -> mx.array:
-    """Mean cross-entropy of the response tokens (teacher forcing, padding masked)."""
+def soft_token_ce(logits: mx.array, choices: mx.array, weights: mx.array) -> mx.array:
+    """Cross-entropy of logits [B, V] against the target distribution that puts
+    weights[b, k] on token choices[b, k] (weights sum to 1 per row): [B]."""
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return -(mx.take_along_axis(logp, choices, axis=-1) * weights).sum(axis=-1)
+
+
+def response_ce(model: nn.Module, batch: models.Batch, first: tuple | None = None) -> mx.array:
+    """Mean cross-entropy of the response tokens (teacher forcing, padding masked).
+    `first` = (choices [B, K], weights [B, K]): the first response token's target is that
+    distribution instead of its id (the demo's base: every option equally on full views)."""
     logits = models.apply_head(model, models.response_hidden(model, batch))
     ce = nn.losses.cross_entropy(logits, batch.response_ids, reduction="none")
+    if first is not None:
+        ce = mx.concatenate([soft_token_ce(logits[:, 0], *first)[:, None], ce[:, 1:]], axis=1)
     return (ce * batch.response_mask).sum() / batch.response_mask.sum()
+
+
+def _first_targets(picked: list) -> tuple | None:
+    """(choices, weights) for a batch whose examples may name first-token choices (a third
+    element: token ids, equally weighted); None when none does."""
+    if all(len(e) == 2 for e in picked):
+        return None
+    alts = [list(e[2]) if len(e) > 2 else [e[1][0]] for e in picked]
+    k = max(len(a) for a in alts)
+    choices = [a + [a[0]] * (k - len(a)) for a in alts]
+    weights = [[1.0 / len(a)] * len(a) + [0.0] * (k - len(a)) for a in alts]
+    return mx.array(choices, dtype=mx.int32), mx.array(weights, dtype=mx.float32)
 
 
 def train_supervised(loaded: models.Loaded, examples: list, steps: int, batch_size: int,
                      lr: float, weight_decay: float = 0.0, seed: int = 0, log=None,
                      bias_correction: bool = False) -> None:
-    """AdamW on `response_ce` over random batches of (Encoded prompt, response ids) pairs;
-    updates the model's trainable parameters in place. The demo's base keeps MLX's default
+    """AdamW on `response_ce` over random batches of (Encoded prompt, response ids) pairs,
+    or (prompt, ids, first-token choices) triples (the first token's target: those ids,
+    equally weighted); updates the model's trainable parameters in place. The demo's base keeps MLX's default
     (no bias correction: part of its cached recipe); baselines compared with Vision-OPD
     pass bias_correction=True, the trainer's PyTorch semantics."""
     opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay, bias_correction=bias_correction)
@@ -32,7 +56,7 @@ def train_supervised(loaded: models.Loaded, examples: list, steps: int, batch_si
     for step in range(steps):
         pick = rng.sample(range(len(examples)), min(batch_size, len(examples)))
         batch = models.make_batch([examples[i][0] for i in pick], [examples[i][1] for i in pick])
-        loss, grads = step_fn(loaded.model, batch)
+        loss, grads = step_fn(loaded.model, batch, _first_targets([examples[i] for i in pick]))
         opt.update(loaded.model, grads)
         mx.eval(loaded.model.trainable_parameters(), opt.state)
         if log is not None and (step % 50 == 0 or step == steps - 1):

@@ -171,3 +171,29 @@ def test_tiny_base_calibration_rule_trains_more_then_says_so(tmp_path):
     assert sum("one more round" in m for m in logs) == 1
     assert sum("calibration after" in m for m in logs) == 2
     assert not any(p.name.startswith("tiny-base") for p in tmp_path.iterdir())  # nothing cached
+
+
+def test_soft_first_token_ce_matches_a_float64_oracle_and_the_hard_case():
+    """The demo base's uniform answer: CE against equal weight on several token ids."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+
+    from mlx_opd.sft import _first_targets, soft_token_ce
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 11)).astype(np.float32) * 3
+    alts = [[1, 4, 7, 9], [2], [0, 5]]
+    choices, weights = _first_targets([(None, [a[0], 10], a) for a in alts])
+    got = np.array(soft_token_ce(mx.array(logits), choices, weights))
+    x = logits.astype(np.float64)
+    logp = x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+    want = np.array([-logp[b, a].mean() for b, a in enumerate(alts)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 vs float64
+    # one choice is the ordinary cross-entropy
+    hard = np.array(nn.losses.cross_entropy(mx.array(logits), mx.array([1, 2, 0]),
+                                            reduction="none"))
+    one = np.array(soft_token_ce(mx.array(logits), mx.array([[1], [2], [0]]),
+                                 mx.array([[1.0], [1.0], [1.0]])))
+    np.testing.assert_allclose(one, hard, rtol=1e-6, atol=1e-6)
+    assert _first_targets([(None, [3, 10]), (None, [4, 10])]) is None  # all hard: plain CE
