@@ -749,7 +749,7 @@ def doctor(no_measure, as_json):
 @click.option("--check", is_flag=True,
               help="Exit with status 1 when the held-out figures miss the demo's targets "
                    "(gap before >= 0.3, >= 50% of it closed, plain +15 points, crop -5 points "
-                   "at most); CI runs it.")
+                   "at most); make demo-check runs it.")
 @click.option("--seed", type=int, default=None,
               help="The training run's seed (rollout samples, data order); the base, data "
                    "and splits stay the same, so runs differ only in their sampling.")
