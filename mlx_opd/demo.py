@@ -101,6 +101,11 @@ class Targets:
     min_plain_gain: float = 0.15  # plain accuracy up by at least this
     max_crop_drop: float = 0.05   # crop accuracy down by at most this
 
+    def describe(self) -> str:
+        return (f"gap before >= {self.min_gap_before}, >= {self.min_closed:.0%} closed, plain "
+                f"+{self.min_plain_gain * 100:.0f} points, crop -{self.max_crop_drop * 100:.0f} "
+                "points at most")
+
 
 def missed_targets(summary: dict, t: Targets = Targets()) -> list[str]:
     """The targets `summary` (run_demo's) misses, each said with its figure; [] if none."""
@@ -432,8 +437,7 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
         f"plain {before['plain_acc']:.2f} -> {after['plain_acc']:.2f}; "
         f"{summary['wall_seconds']:.0f} s; wrote {out / 'summary.json'} and {out / 'summary.png'}")
     if summary["missed_targets"] is not None:
-        log("targets: " + ("all met (gap before >= 0.3, >= 50% closed, plain +15 points, crop "
-                           "-5 points at most)" if not summary["missed_targets"]
+        log("targets: " + (f"all met ({Targets().describe()})" if not summary["missed_targets"]
                            else "MISSED: " + "; ".join(summary["missed_targets"])))
     return summary
 
