@@ -64,6 +64,13 @@ def pixel_options(f):
 
 
 def view_options(f):
+    from .config import STUDENT_VIEWS, TEACHER_VIEWS
+
+    f = click.option("--teacher-view", type=click.Choice(TEACHER_VIEWS), default=None,
+                     help="The teacher's privilege: crop (default), crops (one per box), "
+                          "union, clean (the full image).")(f)
+    f = click.option("--student-view", type=click.Choice(STUDENT_VIEWS), default=None,
+                     help="What the student sees: boxed (default), plain, degraded.")(f)
     f = click.option("--min-crop-side", type=int, default=None, help="Minimum crop side after zoom (px).")(f)
     f = click.option("--zoom", type=float, default=None, help="Teacher crop zoom factor (default 2).")(f)
     f = click.option("--crop-margin", type=float, default=None, help="Crop margin, fraction of box side (default 0).")(f)
@@ -100,6 +107,10 @@ def _view_cfg(kw, base=None):
         v = kw.pop(key)
         if v is not None:
             changes[key] = v
+    for key, field_ in (("teacher_view", "teacher"), ("student_view", "student")):
+        v = kw.pop(key, None)
+        if v is not None:
+            changes[field_] = v
     return dataclasses.replace(base or ViewConfig(), **changes)
 
 
@@ -241,12 +252,15 @@ def views(data, out, limit, box_format, on_bad_sample, **kw):
     view_cfg = _view_cfg(kw)
     try:
         samples, report = read_samples(DataConfig(path=data, box_format=box_format,
-                                                  on_bad_sample=on_bad_sample, limit=limit))
+                                                  on_bad_sample=on_bad_sample, limit=limit),
+                                       view_cfg.needs_boxes())
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(samples):
             for name, v in all_views(s, view_cfg).items():
-                v.image.save(out_dir / f"{i:04d}_{name}.png")
+                for j, im in enumerate(v.images):  # a crops teacher: _teacher_1, _teacher_2
+                    suffix = f"_{j + 1}" if len(v.images) > 1 else ""
+                    im.save(out_dir / f"{i:04d}_{name}{suffix}.png")
                 (out_dir / f"{i:04d}_{name}.txt").write_text(v.text + "\n")
     except DataError as e:
         _fail(e)
@@ -461,7 +475,7 @@ def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, 
             raise ConfigError(f"{out} exists and is not empty; pass --force to replace it")
         if like and fmt != "verl":
             raise ConfigError("--like casts to a parquet schema: it applies to --format verl")
-        samples, report = read_samples(cfg.data)
+        samples, report = read_samples(cfg.data, cfg.views.needs_boxes())
         base = model or cfg.model.path or "Qwen/Qwen2.5-VL-3B-Instruct"
         if fmt == "verl":
             path = export_verl(samples, cfg, Path(out), base, image_root,
@@ -524,16 +538,22 @@ def extract_data(dataset, remove):
 @click.option("--options", "n_options", type=int, default=SynthConfig.n_options,
               show_default=True, help="Options per question.")
 @click.option("--fixed-options", is_flag=True, help="Same option order in every scene.")
+@click.option("--objects", type=click.IntRange(1, 2), default=SynthConfig.objects,
+              show_default=True, help="2: two small objects far apart and a question "
+                                      "comparing them (rows with `boxes`).")
+@click.option("--pair-question", type=click.Choice(["same_colour", "both"]),
+              default=SynthConfig.pair_question, show_default=True,
+              help="--objects 2: are they the same colour, or both the palette's first?")
 @click.option("--force", is_flag=True, help="Replace an --out that an earlier synth wrote.")
 def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distractors, n_options,
-          fixed_options, force):
+          fixed_options, objects, pair_question, force):
     """Synthetic fine-detail VQA: DIR/train.jsonl and DIR/heldout.jsonl with PNGs."""
     from .files import OutputExistsError, check_replaceable
     from .synth import write_dataset
 
     try:
         cfg = SynthConfig(tuple(image_size), evidence_size, clutter, distractors, n_options,
-                          fixed_options)
+                          fixed_options, objects, pair_question)
         check_replaceable(Path(out), force)
     except (ValueError, OutputExistsError) as e:
         _fail(e)
@@ -603,7 +623,8 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
         view_cfg = dataclasses.replace(view_cfg, answer_instruction=instruction)
     try:
         samples, report = read_samples(DataConfig(path=data, box_format=box_format,
-                                                  on_bad_sample=on_bad_sample, limit=limit))
+                                                  on_bad_sample=on_bad_sample, limit=limit),
+                                       view_cfg.needs_boxes())
         loaded = models.load(model, _adapter(adapter))
         for msg in report.skipped[:20]:
             click.echo(f"  skipped: {msg}", err=True)
@@ -746,6 +767,13 @@ def doctor(no_measure, as_json):
 @click.option("--compare-teachers", is_flag=True,
               help="Baselines instead: frozen / EMA / live teacher and off-policy SFT on the "
                    "teacher's crop answers (OUT/compare.json, OUT/compare.png).")
+@click.option("--compare-views", is_flag=True,
+              help="Privileged views beyond one crop instead: several crops vs their union vs "
+                   "the full image as the teacher on two-object scenes, and a clean teacher "
+                   "with a degraded student (no boxes), over --seeds (OUT/views.json, "
+                   "OUT/views.md; docs/views.md).")
+@click.option("--seeds", default="0,1", show_default=True,
+              help="--compare-views: the rollout seeds of each run, comma-separated.")
 @click.option("--check", is_flag=True,
               help="Exit with status 1 when the held-out figures miss the demo's targets "
                    "(gap before >= 0.3, >= 50% of it closed, plain +15 points, crop -5 points "
@@ -753,7 +781,7 @@ def doctor(no_measure, as_json):
 @click.option("--seed", type=int, default=None,
               help="The training run's seed (rollout samples, data order); the base, data "
                    "and splits stay the same, so runs differ only in their sampling.")
-def demo(out, quick, cache, compare_teachers, check, seed):
+def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed):
     """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
     eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -764,6 +792,15 @@ def demo(out, quick, cache, compare_teachers, check, seed):
     try:
         if compare_teachers:
             run_compare(out, quick=quick, cache=cache, log=log)
+        elif compare_views:
+            from .demo_views import compare_views as run_views
+
+            try:
+                chosen = tuple(int(x) for x in seeds.split(",") if x.strip())
+            except ValueError:
+                raise click.BadParameter(f"{seeds!r}: give integers, e.g. 0,1,2",
+                                         param_hint="--seeds") from None
+            run_views(out, quick=quick, cache=cache, seeds=chosen or (0,), log=log)
         else:
             summary = run_demo(out, quick=quick, cache=cache, log=log, seed=seed)
             if check and summary["missed_targets"]:

@@ -22,7 +22,7 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
     views = all_views(sample, view_cfg)
     encoded, out = {}, {}
     for name, view in views.items():
-        enc = models.encode(loaded, view.image, view.text, pixels.for_view(name))
+        enc = models.encode(loaded, view.images, view.text, pixels.for_view(name))
         s = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
         encoded[name] = (enc, s)
         out[name] = {
@@ -31,7 +31,8 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
             "mean_logprob": sum(s.logprobs) / len(s.logprobs) if s.logprobs else None,
             "prompt_tokens": enc.prompt_len,
             "image_tokens": models.image_token_count(loaded, enc),
-            "image_size": list(view.image.size),
+            "image_size": list(view.images[0].size),
+            "image_sizes": [list(im.size) for im in view.images],
             "finish_reason": s.finish_reason,
             "text": view.text,
         }

@@ -12,6 +12,9 @@ from pathlib import Path
 # The hint the authors append to the student's question (method.md, "Views").
 AUTHORS_HINT = ("Only focus on the objects inside the red bounding box in the image to "
                 "answer this question.")
+# The same hint for a student view with several boxes drawn (ours: the authors' data has one).
+AUTHORS_HINT_PLURAL = ("Only focus on the objects inside the red bounding boxes in the image "
+                       "to answer this question.")
 # The benchmark-style answer instruction (method.md, "Evaluation protocol").
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -22,6 +25,11 @@ ESTIMATORS = ("full", "topk", "sampled")
 LOSS_BACKENDS = ("auto", "metal", "cuda", "mlx")
 STEP_REDUCTIONS = ("token_mean", "sequence_mean")  # per step; loss.py adds "none"
 TEACHER_MODES = ("ema", "frozen", "live")
+# The privileged (teacher) and deployment-like (student) views (views.py): what each sees.
+TEACHER_VIEWS = ("crop", "crops", "union", "clean")
+STUDENT_VIEWS = ("boxed", "plain", "degraded")
+DEGRADATIONS = ("downsample", "blur", "jpeg", "noise", "lowres")
+DEFAULT_DEGRADATIONS = DEGRADATIONS[:4]
 
 
 def choose(key: str, value, valid: tuple) -> None:
@@ -68,8 +76,48 @@ class PixelConfig:
 
 
 @dataclass(frozen=True)
+class DegradeConfig:
+    """The student's `degraded` view: the named degradations, applied in this order, each
+    with its strength drawn uniformly from [low, high] by a generator seeded from the
+    sample's id, the step and `seed` (the same sample and step always look the same; eval
+    and exports use step 0). Defaults are our choice of a strong degradation: S2VOPD's own
+    list could not be read (docs/views.md)."""
+
+    ops: tuple[str, ...] = DEFAULT_DEGRADATIONS
+    downsample: tuple[float, float] = (3.0, 5.0)   # factor: shrink, then back up (bicubic)
+    lowres: tuple[float, float] = (2.0, 3.0)       # factor: shrink and keep (fewer tokens)
+    blur: tuple[float, float] = (1.0, 2.5)         # Gaussian radius, pixels (of the image
+                                                   # as the ops before left it)
+    jpeg: tuple[float, float] = (10.0, 30.0)       # JPEG quality (lower = stronger)
+    noise: tuple[float, float] = (0.02, 0.08)      # Gaussian noise sd, fraction of 255
+    seed: int = 0
+
+    def __post_init__(self):
+        for op in self.ops:
+            choose("views.degrade.ops", op, DEGRADATIONS)
+        for name in DEGRADATIONS:
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"views.degrade.{name} must be [low, high] with low <= high, "
+                                 f"got {[lo, hi]}")
+        if self.downsample[0] < 1 or self.lowres[0] < 1 or self.blur[0] < 0 or self.noise[0] < 0:
+            raise ValueError("views.degrade: downsample, lowres >= 1; blur, noise >= 0")
+        if not (1 <= self.jpeg[0] and self.jpeg[1] <= 95):
+            raise ValueError(f"views.degrade.jpeg quality must lie in [1, 95], got "
+                             f"{list(self.jpeg)}")
+
+
+@dataclass(frozen=True)
 class ViewConfig:
-    """How the student, plain and teacher views are built from a sample."""
+    """How the student, plain and teacher views are built from a sample. `teacher`: the
+    privilege (crop: the box zoomed, several boxes' union; crops: one zoomed crop per box,
+    in the data's order; union: the boxes' union zoomed; clean: the full image as it is).
+    `student`: boxed (the full image with the boxes drawn when draw_box), plain (no box,
+    no hint), degraded (the full image degraded, see DegradeConfig; no box, no hint)."""
+
+    teacher: str = "crop"
+    student: str = "boxed"
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     draw_box: bool = True                 # student view: draw the evidence box
     box_color: tuple[int, int, int] = (255, 0, 0)
@@ -81,6 +129,8 @@ class ViewConfig:
     answer_instruction: str | None = ANSWER_INSTRUCTION  # appended after the options
 
     def __post_init__(self):
+        choose("views.teacher", self.teacher, TEACHER_VIEWS)
+        choose("views.student", self.student, STUDENT_VIEWS)
         if self.box_width < 1:
             raise ValueError(f"box_width must be >= 1, got {self.box_width}")
         if self.crop_margin < 0:
@@ -89,6 +139,11 @@ class ViewConfig:
             raise ValueError(f"zoom must be > 0, got {self.zoom}")
         if self.min_crop_side < 1:
             raise ValueError(f"min_crop_side must be >= 1, got {self.min_crop_side}")
+
+    def needs_boxes(self) -> bool:
+        """Whether a sample needs evidence boxes for these views (box-free: a clean
+        teacher and a plain or degraded student)."""
+        return self.teacher != "clean" or (self.student == "boxed" and self.draw_box)
 
 
 @dataclass(frozen=True)
@@ -122,9 +177,19 @@ class SynthConfig:
     distractors: int = 0           # coloured shapes of OTHER shapes than the evidence's
     n_options: int = 4
     fixed_options: bool = False    # options always in the same order (easier for tiny models)
+    objects: int = 1               # 2: two small evidence objects far apart, and a question
+                                   # about both (yes / no; pair_question)
+    pair_question: str = "same_colour"  # same_colour: are they the same colour? | both:
+                                   # are they both <the palette's first colour>?
 
     def __post_init__(self):
         w, h = self.image_size
+        if self.objects not in (1, 2):
+            raise ValueError(f"objects must be 1 or 2, got {self.objects}")
+        choose("synth.pair_question", self.pair_question, ("same_colour", "both"))
+        if self.objects == 2 and self.evidence_size > max(w - w // 2, h - h // 2) - 4:
+            raise ValueError(f"objects=2 places two objects half the image apart: evidence_size "
+                             f"must be at most {max(w - w // 2, h - h // 2) - 4} for {w}x{h}")
         if self.evidence_size < 2 or self.evidence_size > min(w, h) // 2:
             raise ValueError(f"evidence_size must be in [2, {min(w, h) // 2}], got {self.evidence_size}")
         if not 2 <= self.n_options <= len(COLOURS):

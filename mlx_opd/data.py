@@ -3,8 +3,10 @@
 A sample is one image, one question (with optional multiple-choice options), the
 evidence box and optionally the answer (used only for evaluation) and a precomputed
 teacher image. Readers:
-- JSONL: one object per line, keys `image`, `question`, `options`, `box`, `box_format`,
-  `answer`, `teacher_image`, `id`; image paths are relative to the file's folder.
+- JSONL: one object per line, keys `image`, `question`, `options`, `box` (or `boxes`, a
+  list of boxes: evidence in several places), `box_format`, `answer`, `teacher_image`,
+  `id`; image paths are relative to the file's folder. Rows without a box are read when
+  the caller's views need none (`need_boxes=False`: a clean teacher, no box drawn).
 - the authors' layouts, recognised by their columns in JSONL or parquet alike: the
   published Vision-OPD-6K rows (`images`, `teacher_images`, `problem`, `answer`,
   `extra_info`; a dataset folder reads as its train.jsonl) and the parquet their
@@ -31,14 +33,16 @@ from .errors import DataError
 from .images import ImageRef, image_size
 
 BOX_FORMATS = ("xyxy", "xyxy_norm", "xywh")
-FIELDS = ("image", "question", "options", "box", "box_format", "answer", "teacher_image", "id")
+FIELDS = ("image", "question", "options", "box", "boxes", "box_format", "answer",
+          "teacher_image", "id")
 
 
 @dataclass(frozen=True)
 class Sample:
     image: ImageRef
     question: str
-    box: tuple[float, float, float, float] | None  # xyxy pixels of `image`, validated
+    box: tuple[float, float, float, float] | None  # xyxy pixels of `image`, validated;
+                                                   # with several boxes, their union
     options: tuple[str, ...] | None = None
     answer: str | None = None
     teacher_image: ImageRef | None = None
@@ -47,6 +51,18 @@ class Sample:
     prompt_complete: bool = False  # question already holds hint, options, instruction
     boxed_image: bool = False      # image already has the evidence box drawn
     clean_image: ImageRef | None = None  # the unboxed original of a boxed `image`
+    boxes: tuple = ()              # every evidence box (xyxy), in the data's order
+
+    @property
+    def all_boxes(self) -> tuple:
+        """The evidence boxes: `boxes`, or the one `box`, or none."""
+        return self.boxes or ((self.box,) if self.box is not None else ())
+
+
+def union_box(boxes) -> tuple[float, float, float, float]:
+    """The smallest xyxy box holding every box in `boxes`."""
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 @dataclass
@@ -134,15 +150,38 @@ def _image_ref(value: Any, base: Path, where: str, key: str) -> ImageRef:
                     where, "give a path relative to the data file, or embedded bytes")
 
 
-def make_sample(row: dict, base: Path, where: str, default_box_format: str = "xyxy") -> Sample:
+def read_boxes(row: dict, size: tuple[int, int], where: str, default_box_format: str,
+               need_boxes: bool) -> tuple:
+    """The row's evidence boxes as xyxy pixels: `box` (one) or `boxes` (a list), never
+    both; () when it has none and none is needed."""
+    fmt = row.get("box_format") or default_box_format
+    one, many = row.get("box"), row.get("boxes")
+    if one is not None and many is not None:
+        raise DataError("row has both 'box' and 'boxes'", where,
+                        "give one box as \"box\" or several as \"boxes\": [[...], [...]]")
+    if many is not None:
+        if not isinstance(many, (list, tuple)) or not many:
+            raise DataError(f"boxes must be a non-empty list of boxes, got {str(many)[:60]!r}",
+                            where, "write them as [[x1, y1, x2, y2], [x1, y1, x2, y2]]")
+        return tuple(box_to_xyxy(b, fmt, size, f"{where} (boxes[{i}])")
+                     for i, b in enumerate(many))
+    if one is None or one == "":
+        if need_boxes:
+            need(row, "box", where, "add \"box\" (or \"boxes\"), or train box-free with "
+                 "views.teacher clean and views.student plain or degraded")
+        return ()
+    return (box_to_xyxy(one, fmt, size, where),)
+
+
+def make_sample(row: dict, base: Path, where: str, default_box_format: str = "xyxy",
+                need_boxes: bool = True) -> Sample:
     """Build and validate a Sample from a row in our JSONL field names."""
     image = _image_ref(need(row, "image", where), base, where, "image")
     question = need(row, "question", where)
     if not isinstance(question, str):
         raise DataError(f"question must be text, got {type(question).__name__}", where, "")
-    box_raw = need(row, "box", where)
-    fmt = row.get("box_format") or default_box_format
-    box = box_to_xyxy(box_raw, fmt, image_size(image, where), where)
+    boxes = read_boxes(row, image_size(image, where), where, default_box_format, need_boxes)
+    box = boxes[0] if len(boxes) == 1 else (union_box(boxes) if boxes else None)
     options = row.get("options")
     if options is not None:
         if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options) \
@@ -157,7 +196,8 @@ def make_sample(row: dict, base: Path, where: str, default_box_format: str = "xy
     answer = row.get("answer")
     return Sample(image=image, question=question, box=box, options=options,
                   answer=None if answer is None else str(answer), teacher_image=teacher,
-                  id=str(row.get("id", where)), where=where)
+                  id=str(row.get("id", where)), where=where,
+                  boxes=boxes if len(boxes) > 1 else ())
 
 
 _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
@@ -371,10 +411,11 @@ def _check_extracted(row: dict, base: Path, where: str) -> None:
                                 f"extract them once: {extract_hint(base)}")
 
 
-def read_samples(cfg: DataConfig) -> tuple[list[Sample], ReadReport]:
+def read_samples(cfg: DataConfig, need_boxes: bool = True) -> tuple[list[Sample], ReadReport]:
     """Read and validate all samples of `cfg.path`. Raises DataError on the first bad row
     (on_bad_sample=error) or skips and counts it (skip); an empty result is an error.
-    Rows in the authors' layouts are recognised by their columns in any container."""
+    Rows in the authors' layouts are recognised by their columns in any container.
+    `need_boxes`: False when the views need no box (ViewConfig.needs_boxes)."""
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise DataError("data path not found", str(path), "check --data")
@@ -403,7 +444,7 @@ def read_samples(cfg: DataConfig) -> tuple[list[Sample], ReadReport]:
             if cfg.format == "vision_opd" or (not cols and authors_layout(row)):
                 s = make_vision_opd_sample(row, base, where)
             else:
-                s = make_sample(row, base, where, cfg.box_format)
+                s = make_sample(row, base, where, cfg.box_format, need_boxes)
         except DataError as e:
             if cfg.on_bad_sample == "error":
                 raise

@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import PixelConfig, SynthConfig, ViewConfig
+from .config import DegradeConfig, PixelConfig, SynthConfig, ViewConfig
 
 SFT_SEED_OFFSET = 7_000_001  # the base's own scenes: disjoint from train / held-out
 CAL_SEED_OFFSET = 8_000_009  # the base's calibration scenes: disjoint from all others
@@ -77,12 +77,23 @@ class DemoRecipe:
                                   # (only skipped: the crop view dips and recovers here)
     min_format: float = 0.5       # the guard: stop once half the answers are unreadable
     seed: int = 0
+    # the views (views.md): the base learns the true answer on the teacher's view and the
+    # uniform answer on the student's; the demo: crop vs plain (demo_views.py: others)
+    teacher: str = "crop"
+    student: str = "plain"
+    degrade: DegradeConfig | None = None  # student "degraded": views.degrade (None: default)
 
     def key(self) -> str:
         d = asdict(self)
         for k in ("train_scenes", "heldout_scenes", "val_scenes", "opd_steps", "opd_lr",
                   "eval_every", "max_crop_drop", "min_format"):
             d.pop(k)
+        for k, default in (("teacher", "crop"), ("student", "plain"), ("degrade", None)):
+            if d[k] == default:  # the demo's own base keeps the key it had
+                d.pop(k)
+        if d["synth"].get("objects") == 1:  # fields added since: the demo's key stays
+            d["synth"].pop("objects")
+            d["synth"].pop("pair_question")
         d["version"] = RECIPE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
@@ -125,8 +136,16 @@ def missed_targets(summary: dict, t: Targets = Targets()) -> list[str]:
     return [why for ok, why in checks if not ok]
 
 
-def views() -> ViewConfig:
-    return ViewConfig(hint=None, draw_box=False)
+def views(r: DemoRecipe | None = None) -> ViewConfig:
+    r = r or DemoRecipe()
+    return ViewConfig(hint=None, draw_box=False, teacher=r.teacher, student=r.student,
+                      degrade=r.degrade or DegradeConfig())
+
+
+def student_key(r: DemoRecipe) -> str:
+    """The accuracy that measures the student: the plain full image, or its own view
+    (a degraded one) where that differs."""
+    return "plain_acc" if r.student == "plain" else "student_acc"
 
 
 def pixels(r: DemoRecipe) -> PixelConfig:
@@ -134,7 +153,9 @@ def pixels(r: DemoRecipe) -> PixelConfig:
 
 
 def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
-    """(crop examples, full-view examples) for the base's supervised training.
+    """(crop examples, full-view examples) for the base's supervised training (other
+    recipes: the teacher's and the student's views, e.g. several crops and the full
+    image, or the clean and the degraded image).
 
     Crops carry the true answer: the base learns to read a colour when the evidence
     fills the image. On a full cluttered view the first answer token's target is every
@@ -146,15 +167,15 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
     and every option as its own example (uniform only in expectation: the contradicting
     labels' gradients made the crop skill collapse on one configuration)."""
     from . import models
-    from .views import LETTERS, plain_view, teacher_view
+    from .views import LETTERS, plain_view, student_view, teacher_view
 
     letters = [L.tokenizer.encode(x, add_special_tokens=False) for x in LETTERS[:26]]
     crops, fulls = [], []
     for s in samples:
-        v = teacher_view(s, views())
-        crops.append((models.encode(L, v.image, v.text, pixels(r)),
+        v = teacher_view(s, views(r))
+        crops.append((models.encode(L, v.images, v.text, pixels(r)),
                       L.tokenizer.encode(s.answer, add_special_tokens=False) + [eos]))
-        p = plain_view(s, views())
+        p = plain_view(s, views(r)) if r.student == "plain" else student_view(s, views(r))
         options = [ids[0] for ids in letters[:len(s.options)] if len(ids) == 1]
         if len(options) != len(s.options):
             raise RuntimeError("tiny base: an option letter is not one token in this "
@@ -165,10 +186,12 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
 
 
 def calibrate(L, samples, r: DemoRecipe) -> dict:
-    """Greedy accuracy of the base on its calibration split: plain full image and crop."""
-    acc = _accuracies(L, samples, r, ("plain", "teacher"))
-    return {"plain_acc": acc["plain_acc"], "teacher_acc": acc["teacher_acc"],
-            "gap": acc["teacher_acc"] - acc["plain_acc"], "n": len(samples)}
+    """Greedy accuracy of the base on its calibration split: the student's view (the
+    plain full image in the demo) and the teacher's (the crop)."""
+    key = student_key(r)
+    acc = _accuracies(L, samples, r, (key[:-4], "teacher"))
+    return {key: acc[key], "teacher_acc": acc["teacher_acc"],
+            "gap": acc["teacher_acc"] - acc[key], "n": len(samples)}
 
 
 def gap_ok(cal: dict, r: DemoRecipe) -> bool:
@@ -231,8 +254,9 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
                          log=lambda i, n, loss, d=done_before: progress(i, n, loss, d))
         cal = calibrate(L, cal_set, r)
         rounds.append(cal)
-        log(f"tiny base: calibration after {len(rounds) * r.sft_steps} steps: plain "
-            f"{cal['plain_acc']:.2f}, crop {cal['teacher_acc']:.2f}, gap {cal['gap']:+.2f} "
+        log(f"tiny base: calibration after {len(rounds) * r.sft_steps} steps: "
+            f"{student_key(r)[:-4]} {cal[student_key(r)]:.2f}, {r.teacher} "
+            f"{cal['teacher_acc']:.2f}, gap {cal['gap']:+.2f} "
             f"(need crop >= {r.min_teacher_acc}, gap >= {r.min_gap})")
         if gap_ok(cal, r):
             break
@@ -268,6 +292,9 @@ def train_config(r: DemoRecipe, base: Path, train_data: Path, run_dir: Path,
     return load_train_config(None, {
         "model.path": str(base), "data.path": str(train_data), "run.out": str(run_dir),
         "views.draw_box": False, "views.hint": None, "pixels.max_pixels": r.max_pixels,
+        "views.teacher": r.teacher, "views.student": r.student,
+        **({f"views.degrade.{k}": list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(r.degrade).items()} if r.degrade else {}),
         "rollout.n": 4, "rollout.max_tokens": 3, "loss.k": 20, "loss.chunk_size": 64,
         "teacher.mode": "frozen", "lora.rank": 16, "lora.alpha": 32,
         # the recipe's units (steps of 96 prompts): the EMA teacher keeps 0.95 per 96
@@ -288,7 +315,7 @@ def _accuracies(loaded, samples, r: DemoRecipe,
                 view_names=("plain", "student", "teacher")) -> dict:
     from .evaluate import SUMMARY_KEY, evaluate
 
-    summary, _ = evaluate(loaded, samples, view_names, views(), pixels(r), max_tokens=3)
+    summary, _ = evaluate(loaded, samples, view_names, views(r), pixels(r), max_tokens=3)
     return {k: summary[k] for k in [SUMMARY_KEY[v] for v in view_names] + ["unparsed"]}
 
 
@@ -457,9 +484,9 @@ def sft_on_teacher_answers(r: DemoRecipe, base: Path, train_path: Path, out: Pat
     L = models.load(base)
     examples = []
     for s in samples:  # the teacher's own answer, never the dataset's label
-        t = teacher_view(s, views())
-        answer = rollout.sample(L, models.encode(L, t.image, t.text, pixels(r)), max_tokens=3)
-        p = plain_view(s, views())
+        t = teacher_view(s, views(r))
+        answer = rollout.sample(L, models.encode(L, t.images, t.text, pixels(r)), max_tokens=3)
+        p = plain_view(s, views(r))
         examples.append((models.encode(L, p.image, p.text, pixels(r)), answer.ids_with_stop))
     adapter_config = lora.attach(L.model, LoraConfig(rank=16, alpha=32))
     train_supervised(L, examples, r.opd_steps, 16, r.opd_lr, weight_decay=0.01, seed=r.seed,

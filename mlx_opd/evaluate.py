@@ -64,7 +64,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
         counted += 1
         for v in views:
             view = VIEWS[v](s, view_cfg)
-            enc = models.encode(loaded, view.image, view.text, pixels.for_view(v))
+            enc = models.encode(loaded, view.images, view.text, pixels.for_view(v))
             out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
             text = models.decode(loaded, out.token_ids)
             pred = parse_answer(text, s.options)

@@ -60,11 +60,15 @@ class Encoded:
     input_ids: mx.array
     pixel_values: mx.array
     image_grid_thw: mx.array
-    image_size: tuple[int, int]  # (width, height) after the processor's resize
+    image_size: tuple[int, int]  # (width, height) of the first image after the resize
 
     @property
     def prompt_len(self) -> int:
         return self.input_ids.shape[1]
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.image_grid_thw is None else self.image_grid_thw.shape[0]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -224,18 +228,22 @@ def _quiet_processor_note() -> None:
         log.addFilter(_DropProcessorKwargsNote())
 
 
-def format_prompt(loaded: Loaded, text: str) -> str:
-    """The chat-formatted prompt for one image + `text` (the family's message format)."""
+def format_prompt(loaded: Loaded, text: str, num_images: int = 1) -> str:
+    """The chat-formatted prompt for `num_images` images + `text` (the family's message
+    format: the images first, in order, then the text)."""
     from mlx_vlm.prompt_utils import apply_chat_template
 
     _quiet_processor_note()
-    return apply_chat_template(loaded.processor, loaded.model.config, text, num_images=1)
+    return apply_chat_template(loaded.processor, loaded.model.config, text,
+                               num_images=num_images)
 
 
 def encode(loaded: Loaded, image, text: str, pixels: PixelConfig = PixelConfig()) -> Encoded:
-    """Prompt ids and pixel inputs for one PIL image + question text."""
-    prompt = format_prompt(loaded, text)
-    out = loaded.processor(text=[prompt], images=[image], return_tensors="mlx",
+    """Prompt ids and pixel inputs for a PIL image (or a sequence of them, in prompt
+    order: a `crops` teacher) + question text."""
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    prompt = format_prompt(loaded, text, len(images))
+    out = loaded.processor(text=[prompt], images=images, return_tensors="mlx",
                            **pixels.processor_kwargs())
     grid = mx.array(out["image_grid_thw"])
     patch = getattr(loaded.processor.image_processor, "patch_size", 14)
@@ -271,7 +279,7 @@ class Batch:
     input_ids: mx.array       # [B, L] int32
     attention_mask: mx.array  # [B, L] 1 on real tokens
     pixel_values: mx.array    # all rows' patches, concatenated
-    image_grid_thw: mx.array  # [B, 3]
+    image_grid_thw: mx.array  # [B * images per prompt, 3]
     positions: mx.array       # [B, T] index of the position predicting response token t
     response_mask: mx.array   # [B, T] 1 where response token t exists
     response_ids: mx.array    # [B, T] (0 where padded)
@@ -379,8 +387,9 @@ def _feature_kwargs(model: nn.Module, batch: Batch) -> dict:
     rows = batch.input_ids.shape[0]
     if getattr(batch, "shared_prompt", False) and rows > 1 and model.config.model_type in SHARED_FEATURE_FAMILIES:
         one = batch.pixel_values[: batch.pixel_values.shape[0] // rows]
+        k = batch.image_grid_thw.shape[0] // rows  # the prompt's images (several crops)
         return {"cached_image_features": mx.concatenate(
-            [image_features(model, one, batch.image_grid_thw[:1])] * rows)}
+            [image_features(model, one, batch.image_grid_thw[:k])] * rows)}
     return {}
 
 

@@ -177,30 +177,46 @@ def image_tokens(size: tuple[int, int], s: Shapes, bounds: tuple[int, int],
 
 
 def data_sizes(cfg, limit: int = 64) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The largest full image and the largest teacher crop (after zoom) among the first
-    `limit` samples (read and validated as training reads them; sizes from the headers)."""
+    """The largest full image and the largest teacher view (its images' sizes after zoom:
+    one crop, or one per box for views.teacher crops, or the full image for clean) among
+    the first `limit` samples (read and validated as training reads them; sizes from the
+    headers)."""
     import dataclasses
 
-    from .data import read_samples
+    from .data import read_samples, union_box
     from .images import header_size
 
-    samples, _ = read_samples(dataclasses.replace(cfg.data, limit=limit))
-    full, crop = (0, 0), (0, 0)
+    v = cfg.views
+    samples, _ = read_samples(dataclasses.replace(cfg.data, limit=limit), v.needs_boxes())
+    z = v.zoom * (1 + 2 * v.crop_margin)
+
+    def zoomed(b):
+        return (max(v.min_crop_side, round((b[2] - b[0]) * z)),
+                max(v.min_crop_side, round((b[3] - b[1]) * z)))
+
+    full, teacher = (0, 0), ((0, 0),)
     for s in samples:
         w, h = header_size(s.image)
         if w * h > full[0] * full[1]:
             full = (w, h)
-        if s.teacher_image is not None:
-            cw, ch = header_size(s.teacher_image)
-        elif s.box is not None:
-            z = cfg.views.zoom * (1 + 2 * cfg.views.crop_margin)
-            cw, ch = (max(cfg.views.min_crop_side, round((s.box[2] - s.box[0]) * z)),
-                      max(cfg.views.min_crop_side, round((s.box[3] - s.box[1]) * z)))
+        boxes = s.all_boxes
+        if v.teacher == "clean" or not boxes and s.teacher_image is None:
+            sizes = ((w, h),)
+        elif v.teacher == "crops" and len(boxes) > 1:
+            sizes = tuple(zoomed(b) for b in boxes)
+        elif s.teacher_image is not None:
+            sizes = (header_size(s.teacher_image),)
         else:
-            cw, ch = w, h
-        if cw * ch > crop[0] * crop[1]:
-            crop = (cw, ch)
-    return full, crop
+            sizes = (zoomed(union_box(boxes)),)
+        if sum(a * b for a, b in sizes) > sum(a * b for a, b in teacher):
+            teacher = sizes
+    return full, (teacher[0] if len(teacher) == 1 else teacher)
+
+
+def teacher_sizes(crop_size) -> list:
+    """The teacher view's image sizes: `crop_size` is one (w, h) or a sequence of them."""
+    return [tuple(crop_size)] if isinstance(crop_size[0], (int, float)) else \
+        [tuple(c) for c in crop_size]
 
 
 # Arrays of the [heads, L, L] score shape alive at once in an attention (CPU fallback:
@@ -251,9 +267,12 @@ def predict(config: dict, processor: dict, cfg, full_size, crop_size, dtype: str
     resized = (cfg.pixels.resized_height, cfg.pixels.resized_width) \
         if cfg.pixels.resized_height else None
     t_img = image_tokens(full_size, s, bounds, resized)
-    t_crop = image_tokens(crop_size, s, bounds)
+    # a several-image teacher (views.teacher crops): its images' tokens add up; the
+    # vision transient is taken over all their patches at once (an upper bound)
+    t_crop = sum(image_tokens(c, s, bounds) for c in teacher_sizes(crop_size))
+    extra = 2 * (len(teacher_sizes(crop_size)) - 1)  # each further image's start/end tokens
     n, R = cfg.rollout.n, cfg.rollout.max_tokens
-    P, Pc = t_img + TEXT_TOKENS, t_crop + TEXT_TOKENS
+    P, Pc = t_img + TEXT_TOKENS, t_crop + TEXT_TOKENS + extra
     patches = t_img * s.merge * s.merge
     kv = s.layers - s.linear_layers
     kv_token = kv * 2 * s.kv_heads * s.head_dim * a  # one token's keys/values, all layers
@@ -337,7 +356,9 @@ def plan(cfg, memory_gb: float | None = None, chip: str | None = None,
     out = predict(config, processor, cfg, full, crop, dtype, backend, quant)
     total = memory_gb * GIB if memory_gb else available_memory()
     out.update({"model": str(cfg.model.path), "dtype": dtype, "backend": backend,
-                "quantized_bits": quant, "image_size": list(full), "crop_size": list(crop),
+                "quantized_bits": quant, "image_size": list(full),
+                "crop_size": [list(c) for c in teacher_sizes(crop)] if len(teacher_sizes(crop)) > 1
+                else list(crop),
                 "memory_bytes": total, "fits": out["peak_bytes"] <= FIT_FRACTION * total})
     if chip:
         out["time"] = step_time(config, out, cfg, chip)

@@ -118,10 +118,15 @@ def launch_script(cfg: TrainConfig, model: str, dataset: str, output_dir: str) -
 
 def sample_rows(i: int, sample: Sample, cfg: TrainConfig, out: Path, root: str) -> list[dict]:
     """The row for one sample, rollout.n times (ms-swift samples once per row)."""
-    student, _, image, crop = save_pair(sample, cfg.views, out, f"{i:06d}",
-                                        ("images", "teacher_images"), root)
+    student, teacher, image, crops = save_pair(sample, cfg.views, out, f"{i:06d}",
+                                               ("images", "teacher_images"), root)
     row = {"messages": [{"role": "user", "content": "<image>" + student.text}],
-           "images": [image], "teacher_images": [crop]}
+           "images": [image], "teacher_images": crops}
+    if len(crops) > 1:
+        # several teacher images need as many image tags in the teacher's message (the
+        # template asserts it, template/base.py); teacher_prompt replaces the last user
+        # message for the teacher only (rl_core/data.py build_teacher_view)
+        row["teacher_prompt"] = "<image>" * len(crops) + teacher.text
     return [row] * cfg.rollout.n
 
 

@@ -1,4 +1,5 @@
-"""Synthetic fine-detail VQA: cluttered scenes with one small evidence object and its box.
+"""Synthetic fine-detail VQA: cluttered scenes with one small evidence object and its box
+(or two, far apart, and a question comparing them: `objects=2`).
 
     mlx-opd synth --out data/synth --n 400 --seed 0 --evidence-size 10 --clutter 30
 
@@ -9,6 +10,12 @@ is unambiguous inside the box (the box holds one coloured shape) and still prese
 full image (nothing covers the evidence). Difficulty: a smaller evidence object relative
 to the image, more clutter and coloured distractors make the full view harder; the crop
 stays easy. Deterministic for a seed; the held-out split uses a disjoint seed stream.
+
+With objects=2 the scene holds two small evidence shapes of different kinds, at least half
+the image's width or height apart (their union crop is most of the image), and asks
+whether they have the same colour, or (pair_question=both) whether both have the
+palette's first colour (options yes / no, each half the time); the row carries both
+boxes (`boxes`), in the order the question names them.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ HELDOUT_SEED_OFFSET = 1_000_003  # held-out scenes come from a disjoint seed str
 @dataclass(frozen=True)
 class Scene:
     image: Image.Image
-    box: tuple[int, int, int, int]  # xyxy pixels
+    box: tuple[int, int, int, int]  # xyxy pixels (two objects: the first one's)
     question: str
     options: tuple[str, ...]
     answer: str                     # option letter
     colour: str
+    boxes: tuple = ()               # two objects: both boxes, in the question's order
 
 
 def _draw_shape(d: ImageDraw.ImageDraw, shape: str, xyxy, fill) -> None:
@@ -50,15 +58,63 @@ def _overlaps(a, b, pad=2) -> bool:
     return not (a[2] + pad <= b[0] or b[2] + pad <= a[0] or a[3] + pad <= b[1] or b[3] + pad <= a[1])
 
 
-def make_scene(seed: int, cfg: SynthConfig = SynthConfig()) -> Scene:
-    rng = random.Random(seed)
-    W, H = cfg.image_size
+def _background(rng: random.Random, W: int, H: int) -> Image.Image:
     img = Image.new("RGB", (W, H), (200, 200, 200))
     d = ImageDraw.Draw(img)
     for _ in range(W * H // 400):  # texture: faint grey speckles
         x, y = rng.randrange(W), rng.randrange(H)
         g = rng.randint(185, 215)
         d.point((x, y), fill=(g, g, g))
+    return img
+
+
+def make_pair_scene(seed: int, cfg: SynthConfig) -> Scene:
+    """Two small evidence shapes far apart; are they the same colour?"""
+    rng = random.Random(seed)
+    W, H = cfg.image_size
+    img = _background(rng, W, H)
+    d = ImageDraw.Draw(img)
+    s = cfg.evidence_size
+    while True:  # far apart: at least half the width or half the height between them
+        a = (rng.randint(2, W - s - 2), rng.randint(2, H - s - 2))
+        b = (rng.randint(2, W - s - 2), rng.randint(2, H - s - 2))
+        if abs(a[0] - b[0]) >= W // 2 or abs(a[1] - b[1]) >= H // 2:
+            break
+    boxes = tuple((x, y, x + s, y + s) for x, y in (a, b))
+    for _ in range(cfg.clutter):
+        side = rng.randint(8, 40)
+        for _ in range(20):  # grey clutter never covers the evidence
+            cx, cy = rng.randint(0, W - side), rng.randint(0, H - side)
+            cand = (cx, cy, cx + side, cy + side)
+            if not any(_overlaps(cand, bx) for bx in boxes):
+                g = rng.randint(70, 160)
+                _draw_shape(d, rng.choice(SHAPES), cand, (g, g, g))
+                break
+    names = sorted(COLOURS)[: cfg.n_options] if cfg.fixed_options else sorted(COLOURS)
+    shapes = rng.sample(SHAPES, 2)
+    yes = rng.random() < 0.5
+    if cfg.pair_question == "same_colour":
+        first = rng.choice(names)
+        second = first if yes else rng.choice([c for c in names if c != first])
+        question = f"Are the small {shapes[0]} and the small {shapes[1]} the same colour?"
+    else:  # both: is each of the two the palette's first colour? (a "no" has 1 or 0 of it)
+        target, others = names[0], names[1:]
+        first, second = (target, target) if yes else rng.choice(
+            [(target, rng.choice(others)), (rng.choice(others), target),
+             (rng.choice(others), rng.choice(others))])
+        question = f"Are the small {shapes[0]} and the small {shapes[1]} both {target}?"
+    for shape, box, colour in zip(shapes, boxes, (first, second)):
+        _draw_shape(d, shape, box, COLOURS[colour])
+    return Scene(img, boxes[0], question, ("yes", "no"), "A" if yes else "B", first, boxes)
+
+
+def make_scene(seed: int, cfg: SynthConfig = SynthConfig()) -> Scene:
+    if cfg.objects == 2:
+        return make_pair_scene(seed, cfg)
+    rng = random.Random(seed)
+    W, H = cfg.image_size
+    img = _background(rng, W, H)
+    d = ImageDraw.Draw(img)
     s = cfg.evidence_size
     x, y = rng.randint(2, W - s - 2), rng.randint(2, H - s - 2)
     box = (x, y, x + s, y + s)
@@ -107,8 +163,9 @@ def write_scene(scene: Scene, out_dir: Path, name: str = "scene") -> Path:
 
 
 def _row(scene: Scene, image: str, sid: str) -> dict:
+    where = {"boxes": [list(b) for b in scene.boxes]} if scene.boxes else {"box": list(scene.box)}
     return {"id": sid, "image": image, "question": scene.question, "options": list(scene.options),
-            "box": list(scene.box), "answer": scene.answer}
+            **where, "answer": scene.answer}
 
 
 def write_split(out_dir: Path, name: str, n: int, seed: int, cfg: SynthConfig) -> Path:

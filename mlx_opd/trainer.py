@@ -56,7 +56,7 @@ from .run_dir import (
     write_config,
 )
 from .teacher import Teacher
-from .views import student_view, teacher_view
+from .views import student_view, teacher_view, usable
 
 
 class TrainingStopped(RuntimeError):
@@ -136,10 +136,11 @@ def rollout_key(seed: int, step: int, j: int) -> mx.array:
 
 # --- the pieces of one step -------------------------------------------------------------
 
-def student_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
-    """The student view's prompt (full image, red box, hint)."""
-    view = student_view(sample, cfg.views)
-    return check_prompt_length(models.encode(loaded, view.image, view.text, cfg.pixels),
+def student_prompt(loaded, sample: Sample, cfg: TrainConfig, step: int = 0) -> models.Encoded:
+    """The student view's prompt (views.student: the full image with its boxes and the
+    hint, plain, or degraded as at `step`)."""
+    view = student_view(sample, cfg.views, step)
+    return check_prompt_length(models.encode(loaded, view.images, view.text, cfg.pixels),
                                sample, cfg, "student")
 
 
@@ -149,7 +150,8 @@ def frozen_inputs(cfg: TrainConfig) -> bool:
     return cfg.lora.finetune != "full" and not cfg.lora.train_vision
 
 
-def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda: None):
+def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda: None,
+             step: int = 0):
     """(student prompts, n responses per sample, each prompt's input features or None):
     all the samples' rows decoded together (rollout.py); `keys[j]` is sample j's rollout
     key. With frozen inputs the features computed here (the vision tower's one run on the
@@ -157,7 +159,7 @@ def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda:
     if not samples:  # more ranks than prompts: nothing to do on this one
         return [], [], []
     loaded.model.eval()  # sampling is inference: no dropout, inference kernels allowed
-    encs = [student_prompt(loaded, s, cfg) for s in samples]
+    encs = [student_prompt(loaded, s, cfg, step) for s in samples]
     features = [models.input_features(loaded.model, e) if frozen_inputs(cfg) else None
                 for e in encs]
     size = cfg.rollout.prompt_batch or len(encs)
@@ -171,9 +173,10 @@ def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda:
 
 
 def teacher_prompt(loaded, sample: Sample, cfg: TrainConfig) -> models.Encoded:
-    """The crop view's prompt (its own length); it scores the student's sampled ids."""
+    """The teacher view's prompt (views.teacher: one crop, several, their union or the
+    clean full image; its own length); it scores the student's sampled ids."""
     view = teacher_view(sample, cfg.views)
-    return check_prompt_length(models.encode(loaded, view.image, view.text,
+    return check_prompt_length(models.encode(loaded, view.images, view.text,
                                              cfg.pixels.for_view("teacher")), sample, cfg, "teacher")
 
 
@@ -184,8 +187,10 @@ def check_prompt_length(enc: models.Encoded, sample: Sample, cfg: TrainConfig,
 
     if enc.prompt_len > cfg.rollout.max_prompt_tokens:
         w, h = enc.image_size
+        images = f"{w}x{h} image" if enc.num_images == 1 else \
+            f"{enc.num_images} images, the first {w}x{h}"
         raise DataError(
-            f"the {view} prompt has {enc.prompt_len} tokens ({w}x{h} image after resizing), "
+            f"the {view} prompt has {enc.prompt_len} tokens ({images} after resizing), "
             f"more than rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}",
             sample.where, "lower pixels.max_pixels (e.g. --set pixels.max_pixels="
             f"{max(3136, (w * h) // 4)}), or raise rollout.max_prompt_tokens if memory allows")
@@ -370,7 +375,10 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     dist = distributed.init(required=cfg.run.distributed)
     run_dir = Path(cfg.run.out)
     check_run_dir(run_dir, resume, force)
-    samples, report = read_samples(cfg.data)
+    samples, report = read_samples(cfg.data, cfg.views.needs_boxes())
+    samples, unusable = usable(samples, cfg.views, cfg.data.on_bad_sample)
+    report.read -= len(unusable)
+    report.skipped += unusable
     samples, val_samples, val_note = val.carve(samples, cfg)
     cfg = check_base(cfg, resume)
     distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
@@ -416,7 +424,8 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     if dist.main:
         print(f"{report.summary()}; {steps} step(s) ({steps_explained(cfg, len(samples))}) of "
               f"{cfg.optim.prompts_per_step} prompts x {cfg.rollout.n} samples on {dist.size} "
-              f"process(es); teacher {cfg.teacher.mode}; run dir {run_dir}")
+              f"process(es); teacher {cfg.teacher.mode}; views: teacher {cfg.views.teacher}, "
+              f"student {cfg.views.student}; run dir {run_dir}")
         for msg in report.skipped[:20]:
             print(f"  skipped: {msg}")
         if validator is not None:
@@ -490,7 +499,7 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     mine = distributed.my_share(picked, dist)
     encs, outs, feats = roll_out(loaded, [s for _, s in mine], cfg,
                                  [rollout_key(cfg.run.seed, state.step, j) for j, _ in mine],
-                                 beat)
+                                 beat, state.step)
     rolled = list(zip([s for _, s in mine], encs, outs, feats))
     rollout_seconds = sum(r.seconds for _, _, r, _ in rolled)
     lengths = [len(t) for _, _, r, _ in rolled for t in r.token_ids]

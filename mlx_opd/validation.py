@@ -38,7 +38,11 @@ def carve(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[S
     v = cfg.validation
     if v.path:
         held, _ = read_samples(DataConfig(path=v.path, box_format=cfg.data.box_format,
-                                          on_bad_sample=cfg.data.on_bad_sample))
+                                          on_bad_sample=cfg.data.on_bad_sample),
+                               cfg.views.needs_boxes())
+        from .views import usable
+
+        held = usable(held, cfg.views, cfg.data.on_bad_sample)[0]
         held = held[:v.limit] if v.limit else held
         return samples, held, f"validation: {len(held)} samples from {v.path}"
     if v.fraction <= 0:
@@ -75,7 +79,7 @@ class Validator:
         for i, s in enumerate(samples):
             for name in views_of(s):
                 view = make[name](s, cfg.views)
-                self.encs[name].append((i, models.encode(loaded, view.image, view.text,
+                self.encs[name].append((i, models.encode(loaded, view.images, view.text,
                                                          cfg.pixels.for_view(name))))
 
     def _answers(self, loaded, name: str) -> dict[int, list[int]]:

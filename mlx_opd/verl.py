@@ -246,8 +246,9 @@ def _conform(value, typ):
 def sample_row(i: int, sample: Sample, cfg: TrainConfig, out: Path, root: str) -> dict:
     """One prepared-layout row; writes its two PNGs under `out`, paths as seen from `root`
     (where DIR will be on the machine that trains)."""
-    student, _, image, crop = save_pair(sample, cfg.views, out, f"{i:06d}",
-                                        ("images", "bbox_images"), root)
+    student, _, image, crops = save_pair(sample, cfg.views, out, f"{i:06d}",
+                                         ("images", "bbox_images"), root)
+    crop = crops[0]  # one: check_views refused several before anything was written
     answer = sample.answer or ""
     question = question_text(sample, cfg.views, hint=False)  # as their clean_question
     box = [int(round(v)) for v in sample.box] if sample.box else None
@@ -263,6 +264,22 @@ def sample_row(i: int, sample: Sample, cfg: TrainConfig, out: Path, root: str) -
     }
 
 
+def check_views(samples: list[Sample], cfg: TrainConfig) -> None:
+    """Refuse a teacher of several images: the fork swaps the student prompt's images for
+    the teacher's one for one and stops on any other count (ray_trainer.py
+    _swap_images_in_messages, lines 731-759, @c2e345f); the student prompt has one."""
+    if cfg.views.teacher != "crops":
+        return
+    many = next((s for s in samples if len(s.all_boxes) > 1), None)
+    if many is not None:
+        raise VerlExportError(
+            f"{many.where}: views.teacher=crops gives this row {len(many.all_boxes)} teacher "
+            "images, and the authors' fork swaps exactly one teacher image per student image "
+            "(ray_trainer.py:731-759). Use views.teacher=union (one crop of the boxes' union) "
+            "or clean for this engine, or export to ms-swift (--format swift), which takes "
+            "any number of teacher images")
+
+
 def export_verl(samples: list[Sample], cfg: TrainConfig, out: Path, model: str,
                 image_root: str | None = None, like: Path | None = None) -> Path:
     """Write DIR (atomically): train.parquet, images/, bbox_images/, run_vision_opd.sh and,
@@ -273,6 +290,7 @@ def export_verl(samples: list[Sample], cfg: TrainConfig, out: Path, model: str,
     from .files import write_dir_atomically
 
     fork_settings(cfg)  # refuse what the fork cannot run before writing anything
+    check_views(samples, cfg)
     schema = pq.read_schema(like).remove_metadata() if like else None
     family = _family(model)
     template = TEMPLATE_FILE if family == "qwen3_5" else None

@@ -47,18 +47,24 @@ def test_shared_prefix_equals_duplicated_prompts(family, checkpointing, tiny_dir
     view = student_view(sample, cfg.views)
     enc = models.encode(L, view.image, view.text, cfg.pixels)
     t_enc = trainer.teacher_prompt(L, sample, cfg)
+    if checkpointing:
+        checkpoint_layers(L.model)
+    try:
+        assert_shared_equals_duplicated(cfg, L, teacher, enc, t_enc)
+    finally:
+        restore_layers(L.model)
+
+
+def assert_shared_equals_duplicated(cfg, L, teacher, enc, t_enc):
+    """Score one prompt's responses both ways; loss, agreement and LoRA gradients equal
+    within fp32 tolerance. Returns the shared path's Scored."""
     eos = models.eos_token_ids(L)[-1]
     # rows of different lengths (one of length 1), some ending in EOS
     responses = [[5, 6, 7, 8, 9], [10, eos], [11], [12, 13, 14, eos]]
     got = {}
-    if checkpointing:
-        checkpoint_layers(L.model)
-    try:
-        for shared in (True, False):
-            c = trainer.replace(cfg, score=trainer.replace(cfg.score, shared_prefix=shared))
-            got[shared] = trainer.score(L, teacher, c, enc, t_enc, responses, 10.0)
-    finally:
-        restore_layers(L.model)
+    for shared in (True, False):
+        c = trainer.replace(cfg, score=trainer.replace(cfg.score, shared_prefix=shared))
+        got[shared] = trainer.score(L, teacher, c, enc, t_enc, responses, 10.0)
     a, b = got[True], got[False]
     assert a.loss == pytest.approx(b.loss, **{"rel": FP32["rtol"], "abs": FP32["atol"]})
     assert a.agree == b.agree
@@ -69,6 +75,7 @@ def test_shared_prefix_equals_duplicated_prompts(family, checkpointing, tiny_dir
     for name in gb:
         np.testing.assert_allclose(np.array(ga[name]), np.array(gb[name]), rtol=1e-4,
                                    atol=1e-5 * scale, err_msg=name)
+    return a
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)

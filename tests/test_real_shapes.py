@@ -112,3 +112,35 @@ def test_real_width_quantized_replica_loads_and_answers(tmp_path):
     run("compare", "--model", out, "--image", tmp_path / "p.jpg", "--question", "Colour?",
         "--box", "300,200,330,228", "--max-tokens", 2, "--json", res)
     assert json.loads(res.read_text())["views"]["plain"]["image_tokens"] > 0
+
+
+def test_real_width_teacher_of_several_crops(replica):
+    """A row with two boxes at real widths, through eval: the teacher of one crop per box
+    (views.teacher crops) is a prompt of two images whose image tokens are those of the
+    two crops alone (the replica's real processor counts them), unlike the union's crop."""
+    from mlx_opd import models
+    from mlx_opd.config import DataConfig, PixelConfig, ViewConfig
+    from mlx_opd.data import read_samples
+    from mlx_opd.views import teacher_view
+
+    model, root = replica
+    row = {"image": "photo.jpg", "question": "Are both small balls red?",
+           "options": ["yes", "no"], "boxes": [BOX, [100, 100, 160, 150]], "answer": "B"}
+    (root / "two.jsonl").write_text(json.dumps(row) + "\n")
+    got = {}
+    for mode in ("crop", "crops"):
+        ev = root / f"eval-{mode}.json"
+        run("eval", "--model", model, "--data", root / "two.jsonl", "--out", ev,
+            "--views", "teacher", "--teacher-view", mode, "--max-tokens", 2,
+            "--max-pixels", 401408)
+        (r,) = [json.loads(x) for x in ev.with_suffix(".jsonl").read_text().splitlines()]
+        got[mode] = r["prompt_tokens"]
+    L = models.load(model)
+    (s,) = read_samples(DataConfig(path=str(root / "two.jsonl")))[0]
+    px = PixelConfig(max_pixels=401408).for_view("teacher")
+    v = teacher_view(s, ViewConfig(teacher="crops"))
+    enc = models.encode(L, v.images, v.text, px)
+    assert len(v.images) == 2 and enc.num_images == 2 and enc.prompt_len == got["crops"]
+    alone = [models.image_token_count(L, models.encode(L, im, v.text, px)) for im in v.images]
+    assert models.image_token_count(L, enc) == sum(alone)
+    assert got["crop"] != got["crops"]

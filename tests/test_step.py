@@ -107,17 +107,23 @@ def tied_qwen2_5_vl(tiny_dir, tmp_path_factory):
     return dst
 
 
-CASES = [("qwen2_5_vl", "lora", "token_mean"), ("qwen2_5_vl", "lora", "sequence_mean"),
-         ("qwen3_5", "lora", "token_mean"), ("qwen3_5", "lora", "sequence_mean"),
-         ("qwen2_5_vl", "full", "token_mean"), ("tied", "full", "token_mean"),
-         ("tied", "full", "sequence_mean")]
+MULTI = ROOT / "examples" / "data" / "multibox.jsonl"
+# (family, finetune, reduction, teacher view): "crops" scores with a teacher of several
+# crops, the two prompts' 2 and 3 (examples/data/multibox.jsonl)
+CASES = [("qwen2_5_vl", "lora", "token_mean", "crop"),
+         ("qwen2_5_vl", "lora", "sequence_mean", "crop"),
+         ("qwen3_5", "lora", "token_mean", "crop"), ("qwen3_5", "lora", "sequence_mean", "crop"),
+         ("qwen2_5_vl", "full", "token_mean", "crop"), ("tied", "full", "token_mean", "crop"),
+         ("tied", "full", "sequence_mean", "crop"),
+         ("qwen2_5_vl", "lora", "token_mean", "crops"), ("qwen3_5", "lora", "token_mean", "crops")]
 
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_prefix", "duplicated"])
-@pytest.mark.parametrize("family,finetune,reduction", CASES, ids=lambda x: str(x))
-def test_one_whole_step_equals_an_independent_computation(family, finetune, reduction, shared,
-                                                          tiny_dir, tied_qwen2_5_vl, tmp_path):
+@pytest.mark.parametrize("family,finetune,reduction,tview", CASES, ids=lambda x: str(x))
+def test_one_whole_step_equals_an_independent_computation(family, finetune, reduction,
+                                                          tview, shared, tiny_dir,
+                                                          tied_qwen2_5_vl, tmp_path):
     """The trainer's scoring, on both paths (the prompt run once with the n responses
     continuing from it, and the reference that repeats it per row), equals a computation
     written independently of both: full logits, autograd, the duplicated batch."""
@@ -125,7 +131,9 @@ def test_one_whole_step_equals_an_independent_computation(family, finetune, redu
     cfg = _cfg(path, tmp_path, **{
         "loss.reduction": reduction, "loss.k": 16, "rollout.max_tokens": 4,
         "rollout.temperature": 1.3, "loss.tail": True, "lora.rank": 4,
-        "lora.finetune": finetune, "score.shared_prefix": shared})
+        "lora.finetune": finetune, "score.shared_prefix": shared,
+        "views.teacher": tview, **({"data.path": str(MULTI)} if tview == "crops"
+                                          else {})})
     L = models.load(path)
     adapter_config = lora.attach(L.model, cfg.lora)
     if family == "tied":
@@ -150,12 +158,17 @@ def test_one_whole_step_equals_an_independent_computation(family, finetune, redu
     # two prompts (their images differ in size, so their prompt lengths differ) and several
     # responses of different lengths: one truncated at max_tokens, some ending in EOS
     responses = [[[5, 6, 7, 8], [9, eos], [11, 12, eos]], [[13, eos], [14, 15, 16, 17]]]
-    encs = [models.encode(L, student_view(s, cfg.views).image, student_view(s, cfg.views).text,
-                          cfg.pixels) for s in samples]
-    assert encs[0].prompt_len != encs[1].prompt_len
-    crop_encs = [models.encode(L, teacher_view(s, cfg.views).image, teacher_view(s, cfg.views).text,
-                               cfg.pixels.for_crop()) for s in samples]
-    assert all(c.prompt_len < e.prompt_len for c, e in zip(crop_encs, encs))
+    encs = [models.encode(L, student_view(s, cfg.views).images,
+                          student_view(s, cfg.views).text, cfg.pixels) for s in samples]
+    crop_encs = [models.encode(L, teacher_view(s, cfg.views).images,
+                               teacher_view(s, cfg.views).text, cfg.pixels.for_crop())
+                 for s in samples]
+    if tview == "crops":
+        assert [c.num_images for c in crop_encs] == [2, 3]
+        assert crop_encs[0].prompt_len != crop_encs[1].prompt_len
+    else:
+        assert encs[0].prompt_len != encs[1].prompt_len
+        assert all(c.prompt_len < e.prompt_len for c, e in zip(crop_encs, encs))
     # the trainer's path: per-prompt scoring, gradients accumulated, the step's normaliser
     n_tokens = sum(len(r) for rs in responses for r in rs)
     normaliser = n_tokens if reduction == "token_mean" else sum(len(rs) for rs in responses)
