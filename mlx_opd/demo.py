@@ -27,6 +27,12 @@ Departures from the authors' set-up, deliberately (a 1M-parameter model, minutes
 5. The run is validated every 50 steps on 64 scenes of its own; the reported adapter is
    the best by plain accuracy among the steps whose crop answers held (within 0.05); the
    run goes on through dips of the crop view, which recover (docs/demo.md).
+6. Crop anchors: for a quarter of the training scenes a second row whose student view IS
+   the crop (teacher: the frozen base on the same crop). Its divergence is zero until the
+   LoRA moves the crop answers, so the run pays for forgetting the teacher's skill. LoRA
+   trained on full views alone moved them on some numeric configurations (Prescott: the
+   crop view fell 1.00 -> 0.69 by step 150; docs/demo.md). The authors have no such rows;
+   to drop them, set anchor_share 0.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class DemoRecipe:
     max_crop_drop: float = 0.05   # a step whose crop view fell by more is never the best
                                   # (only skipped: the crop view dips and recovers here)
     min_format: float = 0.5       # the guard: stop once half the answers are unreadable
+    anchor_share: float = 0.25    # crop-anchor rows per training scene (departure 6)
     seed: int = 0
     # the views (views.md): the base learns the true answer on the teacher's view and the
     # uniform answer on the student's; the demo: crop vs plain (demo_views.py: others)
@@ -86,7 +93,7 @@ class DemoRecipe:
     def key(self) -> str:
         d = asdict(self)
         for k in ("train_scenes", "heldout_scenes", "val_scenes", "opd_steps", "opd_lr",
-                  "eval_every", "max_crop_drop", "min_format"):
+                  "eval_every", "max_crop_drop", "min_format", "anchor_share"):
             d.pop(k)
         for k, default in (("teacher", "crop"), ("student", "plain"), ("degrade", None)):
             if d[k] == default:  # the demo's own base keeps the key it had
@@ -285,6 +292,31 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
 
 # --- the pipeline -----------------------------------------------------------------------
 
+def add_crop_anchors(train: Path, r: DemoRecipe) -> int:
+    """Append crop-anchor rows to the training JSONL `train` (departure 6): for the first
+    anchor_share of its scenes, the crop saved as an image of its own, as both the
+    student's image and the teacher's. No answer is written (training never reads one).
+    Returns the number of rows added."""
+    from .config import DataConfig
+    from .data import read_samples
+    from .views import teacher_view
+
+    samples, _ = read_samples(DataConfig(path=str(train)))
+    k = round(r.anchor_share * len(samples))
+    folder = train.parent / "anchors"
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for i, s in enumerate(samples[:k]):
+        crop = teacher_view(s, views(r)).image
+        name = f"anchors/{i:05d}.png"
+        crop.save(train.parent / name)
+        rows.append({"id": f"anchor-{i:05d}", "image": name, "teacher_image": name,
+                     "question": s.question, "options": list(s.options or ()),
+                     "box": [0, 0, *crop.size]})
+    with open(train, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    return k
+
 def train_config(r: DemoRecipe, base: Path, train_data: Path, run_dir: Path,
                  val_data: Path | None = None):
     from .config import load_train_config
@@ -405,9 +437,12 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     log("[1/5] synthetic fine-detail data (train, validation and held-out splits, disjoint "
         "seeds)")
     paths = write_dataset(out / "data", r.train_scenes, r.seed, r.synth, r.heldout_scenes)
+    anchors = add_crop_anchors(paths["train"], r)
     val_path = write_split(out / "data", "validation", r.val_scenes, r.seed + VAL_SEED_OFFSET,
                            r.synth)
     held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
+    if anchors:
+        log(f"      {anchors} crop-anchor rows added to the training data (departure 6)")
     log("[2/5] tiny base model with a regional-to-global gap")
     base = build_base(r, cache, log=log)
     log(f"[3/5] evaluating the base on the held-out split ({r.heldout_scenes} scenes)")
@@ -517,6 +552,7 @@ def compare_teachers(out: str | Path, quick: bool = False, cache: str | Path | N
     r = QUICK if quick else DemoRecipe()
     out = claim_output(Path(out), log)
     paths = write_dataset(out / "data", r.train_scenes, r.seed, r.synth, r.heldout_scenes)
+    add_crop_anchors(paths["train"], r)
     held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
     base = build_base(r, Path(cache) if cache else out / "cache", log=log)
     results = {"base": _accuracies(models.load(base), held, r)}

@@ -197,3 +197,26 @@ def test_soft_first_token_ce_matches_a_float64_oracle_and_the_hard_case():
                                  mx.array([[1.0], [1.0], [1.0]])))
     np.testing.assert_allclose(one, hard, rtol=1e-6, atol=1e-6)
     assert _first_targets([(None, [3, 10]), (None, [4, 10])]) is None  # all hard: plain CE
+
+
+def test_crop_anchor_rows_show_the_student_the_teachers_own_view(tmp_path):
+    """The demo's crop anchors (departure 6): a quarter of the scenes get a second row
+    whose student view is exactly the teacher's (same crop pixels, same text), so their
+    divergence is zero until the LoRA moves the crop answers; no answer is written."""
+    import dataclasses
+
+    from mlx_opd import demo
+    from mlx_opd.views import student_view
+
+    r = dataclasses.replace(demo.DemoRecipe(), train_scenes=8)
+    paths = write_dataset(tmp_path, r.train_scenes, r.seed, r.synth, 2)
+    assert demo.add_crop_anchors(paths["train"], r) == 2
+    rows = [json.loads(x) for x in paths["train"].read_text().splitlines()]
+    assert len(rows) == 10 and all("answer" not in x for x in rows[8:])
+    samples = read_samples(DataConfig(path=str(paths["train"])))[0]
+    for scene, anchor in zip(samples[:2], samples[8:]):
+        crop = teacher_view(scene, demo.views(r))
+        s, t = student_view(anchor, demo.views(r)), teacher_view(anchor, demo.views(r))
+        assert np.array_equal(np.asarray(s.image), np.asarray(t.image))
+        assert np.array_equal(np.asarray(s.image), np.asarray(crop.image))
+        assert s.text == t.text == crop.text
