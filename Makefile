@@ -45,7 +45,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/mlx-opd demo --out runs/demo
 
 # The full demo under another numeric configuration; fails when it misses its targets
-# (meant for .ci/run once the demo holds there; docs/demo.md).
+# (.ci/run runs it alongside the tests; docs/demo.md).
 demo-check: $(STAMP)
 	HF_HUB_OFFLINE=1 OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 $(VENV)/bin/mlx-opd demo --out runs/demo-check --check
 

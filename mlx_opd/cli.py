@@ -193,7 +193,9 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
 @click.option("--image", type=click.Path(), required=True)
 @click.option("--question", required=True)
-@click.option("--box", required=True, help="Evidence box x1,y1,x2,y2 (see --box-format).")
+@click.option("--box", multiple=True,
+              help="Evidence box x1,y1,x2,y2 (see --box-format); repeat for several boxes "
+                   "(--teacher-view crops); none with box-free views (--teacher-view clean).")
 @click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
               show_default=True)
 @click.option("--options", multiple=True, help="A multiple-choice option; repeat per option.")
@@ -212,17 +214,20 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
     from .data import make_sample
     from .errors import DataError
 
-    try:
-        coords = [float(v) for v in box.split(",")]
-    except ValueError:
-        _fail(ValueError(f"--box {box!r}: expected four comma-separated numbers x1,y1,x2,y2"))
+    boxes = []
+    for one in box:
+        try:
+            boxes.append([float(v) for v in one.split(",")])
+        except ValueError:
+            _fail(ValueError(f"--box {one!r}: expected four comma-separated numbers x1,y1,x2,y2"))
     run = _run_config(run_config)
     pixels = _pixels(kw, run.pixels if run else None)
     view_cfg = _view_cfg(kw, run.views if run else None)
-    row = {"image": str(Path(image).resolve()), "question": question, "box": coords,
+    row = {"image": str(Path(image).resolve()), "question": question,
+           **({"box": boxes[0]} if len(boxes) == 1 else {"boxes": boxes} if boxes else {}),
            "box_format": box_format, "options": list(options) or None}
     try:
-        sample = make_sample(row, Path.cwd(), "--image/--box")
+        sample = make_sample(row, Path.cwd(), "--image/--box", need_boxes=view_cfg.needs_boxes())
         loaded = models.load(model, _adapter(adapter))
         result = run_compare(loaded, sample, view_cfg, pixels, max_tokens)
     except (DataError, FileNotFoundError, ValueError) as e:

@@ -413,3 +413,19 @@ def dataclasses_replace_key(**kw) -> str:
     from mlx_opd import demo
 
     return dataclasses.replace(demo.DemoRecipe(), **kw).key()
+
+
+def test_compare_takes_several_boxes_and_none_for_box_free_views(tiny_dir, tmp_path):
+    img = str(ROOT / "examples" / "data" / "scene0.png")
+    base = ["compare", "--model", str(tiny_dir["qwen2_5_vl"]), "--image", img, "--question",
+            "Same colour?", "--options", "yes", "--options", "no", "--max-tokens", "2"]
+    out = tmp_path / "c.json"
+    r = CliRunner().invoke(main, base + ["--box", "84,14,98,28", "--box", "230,170,262,202",
+                                         "--teacher-view", "crops", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(out.read_text())["views"]["teacher"]["image_sizes"]) == 2
+    r = CliRunner().invoke(main, base + ["--teacher-view", "clean", "--student-view",
+                                         "degraded", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, base)  # the default crop teacher needs a box
+    assert r.exit_code != 0 and "missing the field 'box'" in r.output
