@@ -28,8 +28,16 @@ import time
 from pathlib import Path
 
 from .config import DegradeConfig
-from .demo import (VAL_SEED_OFFSET, DemoRecipe, _accuracies, _guard_state, build_base,
-                   claim_output, student_key, train_config)
+from .demo import (
+    VAL_SEED_OFFSET,
+    DemoRecipe,
+    _accuracies,
+    _guard_state,
+    build_base,
+    claim_output,
+    student_key,
+    train_config,
+)
 
 
 def recipes(quick: bool = False) -> dict[str, tuple[DemoRecipe, tuple[str, ...]]]:

@@ -12,20 +12,23 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mlx.utils import tree_flatten
 from PIL import Image
 
 from mlx_opd import models, trainer
 from mlx_opd import plan as planner
 from mlx_opd.cli import main
-from mlx_opd.config import (AUTHORS_HINT_PLURAL, DataConfig, DegradeConfig, ViewConfig,
-                            load_train_config)
+from mlx_opd.config import (
+    AUTHORS_HINT_PLURAL,
+    DataConfig,
+    DegradeConfig,
+    ViewConfig,
+    load_train_config,
+)
 from mlx_opd.data import read_samples, union_box
 from mlx_opd.errors import DataError
 from mlx_opd.hf_layout import SUPPORTED_FAMILIES
 from mlx_opd.views import crop_box, degrade, student_view, teacher_view
 
-from .conftest import FP32
 from .test_prefix import _setup, assert_shared_equals_duplicated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +71,7 @@ def test_the_boxed_student_draws_every_box_and_plain_or_degraded_draw_none():
     full = _px(Image.open(s.image).convert("RGB"))
     boxed = _px(student_view(s, ViewConfig()).image)
     red = (boxed[..., 0] == 255) & (boxed[..., 1] == 0) & (boxed[..., 2] == 0)
-    for x1, y1, x2, y2 in s.all_boxes:  # the outline just outside each box is red
+    for x1, y1, x2, _ in s.all_boxes:  # the outline just outside each box is red
         assert red[int(y1) - 1, int(x1):int(x2)].all()
     assert np.array_equal(_px(student_view(s, ViewConfig(student="plain")).image), full)
     for mode in ("plain", "degraded"):
