@@ -124,10 +124,10 @@ def compare_views(out: str | Path, quick: bool = False, cache: str | Path | None
                                r.synth)
         base = build_base(r, cache, log=log)
         calibration = json.loads((base / "base_recipe.json").read_text()).get("calibration")
+        held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
         runs = []
         for teacher in teachers:
             rt = dataclasses.replace(r, teacher=teacher)
-            held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
             for seed in seeds:
                 log(f"-- {name}: teacher {teacher}, seed {seed}")
                 res = run_one(rt, base, paths, val_path, held, out / name / f"{teacher}-s{seed}",
