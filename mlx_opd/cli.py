@@ -815,5 +815,88 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
         _fail(e)
 
 
+@main.command("build-data")
+@click.option("--images", required=True, type=click.Path(file_okay=False),
+              help="A folder of photos (searched recursively).")
+@click.option("--model", required=True, help="The VLM that finds regions and writes questions.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="DATA: train.jsonl, heldout.jsonl, report.json, sheet.html (nothing is "
+                   "written elsewhere). A build stopped part-way resumes here.")
+@click.option("--mine-with", help="The model to be trained, for gap mining (default --model).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+              help="A LoRA adapter on the mining model.")
+@click.option("--limit", type=int, help="Read only the first N images (sorted by path).")
+@click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
+              help="Your own boxes, COCO JSON (instead of the model's).")
+@click.option("--detector", type=click.Choice(["model", "sam3"]), default="model",
+              show_default=True, help="Refine the model's boxes with SAM3 (mlx-vlm).")
+@click.option("--detector-model", help="SAM3 checkpoint folder (with --detector sam3).")
+@click.option("--question", "template", help="A template question instead of the model's, "
+              "e.g. 'What is the colour of the {label}?' (with --options).")
+@click.option("--options", help="The template's choices, comma-separated.")
+@click.option("--styles", help="Question styles, comma-separated (colour,text,count,"
+              "material,shape,state).")
+@click.option("--no-validate", is_flag=True, help="Skip the check of each written question.")
+@click.option("--k", "k", type=int, help="Crop answers per item (consensus; default 8).")
+@click.option("--m", "m", type=int, help="Full-image answers per item (mining; default 16).")
+@click.option("--max-full-acc", type=float, help="Keep items whose full-image accuracy is "
+              "below this (default 0.5).")
+@click.option("--no-mining", is_flag=True, help="Keep every item whose crop consensus held.")
+@click.option("--max-area-ratio", type=float, help="Drop boxes this big or bigger (default 0.10).")
+@click.option("--min-side", type=int, help="Drop boxes with a side under N px (default 12).")
+@click.option("--build-max-pixels", "max_pixels", type=int,
+              help="The processor's bound on image pixels.")
+@click.option("--batch", type=int, help="Prompts decoded together (default 8).")
+@click.option("--seed", type=int, help="Seeds sampling, option order and the split.")
+@click.option("--force", is_flag=True, help="Replace --out instead of resuming it.")
+@config_option
+@view_options
+def build_data(run_config, force, **kw):
+    """Training data from a folder of photos: regions, questions, crop consensus and gap
+    mining for the model to be trained (docs/build-data.md)."""
+    import dataclasses
+
+    from .build.config import (
+        BuildConfig,
+        ConsensusConfig,
+        MiningConfig,
+        QuestionConfig,
+        RegionConfig,
+    )
+    from .build.pipeline import build_data as run
+    from .build.pipeline import summary_text
+    from .errors import DataError
+
+    base = _run_config(run_config)
+    views = _view_cfg(kw, base.views if base else None)
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip()) if v else None  # noqa: E731
+    pick = lambda **d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
+    try:
+        cfg = BuildConfig(
+            **pick(images=kw["images"], model=kw["model"], out=kw["out"],
+                   mine_with=kw["mine_with"], adapter=kw["adapter"], limit=kw["limit"],
+                   boxes=kw["boxes"], detector=kw["detector"],
+                   detector_model=kw["detector_model"], max_pixels=kw["max_pixels"],
+                   batch=kw["batch"], seed=kw["seed"]),
+            regions=RegionConfig(**pick(max_area_ratio=kw["max_area_ratio"],
+                                        min_side=kw["min_side"])),
+            questions=QuestionConfig(**pick(template=kw["template"],
+                                            options=split(kw["options"]),
+                                            styles=split(kw["styles"]),
+                                            validate=False if kw["no_validate"] else None)),
+            consensus=ConsensusConfig(**pick(k=kw["k"])),
+            mining=MiningConfig(**pick(m=kw["m"], max_full_acc=kw["max_full_acc"],
+                                       enabled=False if kw["no_mining"] else None)),
+            views=views)
+        for m in {cfg.model, cfg.miner}:
+            _offline_if_local(m)
+        rep = run(cfg, force=force)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    click.echo(summary_text(rep, Path(cfg.out)))
+    if dataclasses.asdict(views) != dataclasses.asdict(type(views)()):
+        click.echo("note: train with the same view settings (--config or --set views.*)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

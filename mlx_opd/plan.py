@@ -477,6 +477,27 @@ def step_time(config, pred, cfg, chip: str) -> dict:
             "seconds_per_step": seconds, "flops_per_prompt": flops}
 
 
+def generation_time(config: dict, chip: str, prompts: int, prompt_tokens: int,
+                    image_tokens: int, new_tokens: int, rows: int = 1, batch: int = 8,
+                    bits: int | None = None) -> float:
+    """Seconds on `chip` to answer `prompts` prompts of `prompt_tokens` tokens (of which
+    `image_tokens` are image tokens) with `rows` samples of `new_tokens` tokens each,
+    `batch` prompts decoded together (build-data's stages): prefill FLOPs (text layers over
+    the prompt, the vision tower over 4 patches per image token) and decode FLOPs at MFU,
+    plus one read of the decoder's weights per decode step of each batch, at the chip's
+    bandwidth (bf16, or `bits`-bit weights with a scale per 64)."""
+    if chip not in CHIPS:
+        raise ValueError(f"--chip must be one of {', '.join(CHIPS)}; got {chip!r}")
+    bw, tflops = CHIPS[chip]
+    c = param_counts(config)
+    lm, vis, head = c["text_layers"], c["vision"], c["head"] or c["embed"]
+    flops = prompts * (2 * lm * prompt_tokens + 2 * vis * image_tokens * 4 + 2 * head)
+    flops += prompts * rows * new_tokens * 2 * (lm + head)
+    bytes_per = 2.0 if bits is None else bits / 8 + 4 / 64  # bf16 scale + bias per group
+    reads = math.ceil(prompts / batch) * new_tokens * (lm + head) * bytes_per
+    return flops / (MFU * tflops * 1e12) + reads / (bw * 1e9)
+
+
 def extrapolate(runs: list[dict], cfg=None, full_size=(1280, 960), crop_size=(120, 100)) -> dict:
     """Per model: the per-layer slope of the measured peak between two depths, the peak
     extrapolated linearly to the full depth (this backend, float32), and plan's full-depth

@@ -201,3 +201,36 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = Syn
 
     write_dir_atomically(out_dir, write, kind="synth")
     return {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl"}
+
+
+def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig()
+                       ) -> dict[str, Path]:
+    """Scenes as a folder of photos for `build-data`: DIR/photos/*.png, DIR/boxes.json (the
+    evidence boxes as COCO detection annotations: bbox [x, y, width, height] in pixels,
+    category = the evidence's shape, as the question names it) and DIR/truth.json (each
+    item's true option letter, keyed as build-data keys items: "<file>#0"). One object
+    per scene (objects=1)."""
+    if cfg.objects != 1:
+        raise ValueError("write_photo_folder writes one-object scenes (objects=1)")
+    out_dir = Path(out_dir)
+    photos = out_dir / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    cats = {s: i + 1 for i, s in enumerate(SHAPES)}
+    images, anns, truth = [], [], {}
+    for i in range(n):
+        scene = make_scene(seed + i, cfg)
+        name = f"{i:05d}.png"
+        scene.image.save(photos / name)
+        w, h = scene.image.size
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
+        x1, y1, x2, y2 = scene.box
+        shape = scene.question.rsplit("small ", 1)[1].rstrip("?")
+        anns.append({"id": i + 1, "image_id": i, "category_id": cats[shape],
+                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                     "iscrowd": 0})
+        truth[f"{name}#0"] = scene.answer
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": v, "name": k} for k, v in cats.items()]}
+    (out_dir / "boxes.json").write_text(json.dumps(coco))
+    (out_dir / "truth.json").write_text(json.dumps(truth))
+    return {"photos": photos, "boxes": out_dir / "boxes.json", "truth": out_dir / "truth.json"}

@@ -130,3 +130,23 @@ def test_plan_resume_refuses_a_changed_local_base(tiny_dir, tmp_path):
     (base / "config.json").write_text(json.dumps(cfg))
     r = CliRunner().invoke(main, ["train", "--resume", str(run), "--max-steps", "2"])
     assert r.exit_code != 0 and "base model changed" in r.output and "Traceback" not in r.output
+
+
+def test_generation_time_counts_prefill_decode_and_weight_reads():
+    """build-data's Mac estimate (benchmarks/build_data.py): the formula's parts, each
+    checked on its own against the counts."""
+    from mlx_opd import plan
+    from mlx_opd.replicas import REAL_MODELS
+
+    cfg = REAL_MODELS["Qwen/Qwen2.5-VL-3B-Instruct"].config
+    c = plan.param_counts(cfg)
+    bw, tf = plan.CHIPS["m3-pro"]
+    lm, vis, head = c["text_layers"], c["vision"], c["head"] or c["embed"]
+    t = plan.generation_time(cfg, "m3-pro", 3, 500, 400, 10, rows=2, batch=2)
+    flops = 3 * (2 * lm * 500 + 2 * vis * 400 * 4 + 2 * head) + 3 * 2 * 10 * 2 * (lm + head)
+    reads = 2 * 10 * (lm + head) * 2.0  # ceil(3 / 2) batches x 10 steps, bf16
+    assert t == pytest.approx(flops / (plan.MFU * tf * 1e12) + reads / (bw * 1e9), rel=1e-12)
+    four = plan.generation_time(cfg, "m3-pro", 3, 500, 400, 10, rows=2, batch=2, bits=4)
+    assert four < t
+    with pytest.raises(ValueError, match="--chip"):
+        plan.generation_time(cfg, "m9", 1, 1, 1, 1)

@@ -1,0 +1,351 @@
+"""`mlx-opd build-data`: from a folder of photos to Vision-OPD training data.
+
+    mlx-opd build-data --images DIR --model M --out DATA [--mine-with M2] [--limit N]
+
+Stages, each a function over the previous stage's records, each resumable (store.py):
+1. images: every image under DIR (sorted), bad or tiny ones skipped and counted;
+2. regions: the model lists objects with boxes (grounding.py), optionally refined by SAM3
+   (detector.py), or the user's COCO boxes (--boxes); filtered (regions.py);
+3. questions: one question per region from its crop, then the check on crop and full
+   image (questions.py); a template question (--question) skips both;
+4. consensus: the crop answered k times (consensus.py);
+5. mining: the model to be trained answers the plain full image m times (mining.py);
+then DATA/train.jsonl + DATA/heldout.jsonl (mlx-opd's layout, provenance per row, the
+images copied under DATA/images), DATA/report.json and DATA/sheet.html. Nothing is
+written outside DATA.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config import PixelConfig
+from ..data import Sample
+from ..errors import DataError
+from ..files import write_json_atomically
+from ..images import open_rgb
+from . import ask
+from .config import BuildConfig, to_dict
+from .consensus import consensus
+from .grounding import TOKEN_FAMILIES, listing_prompt, parse_grounding
+from .mining import mine
+from .questions import (
+    options_of,
+    parse_question,
+    parse_validation,
+    style_for,
+    template_question,
+    validation_prompt,
+    writing_prompt,
+)
+from .regions import Region, filter_regions, read_coco
+from .store import Progress, Store, stderr_log
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder: Path, limit: int | None) -> list[str]:
+    """Image paths relative to `folder`, sorted, the first `limit`."""
+    if not folder.is_dir():
+        raise DataError(f"--images {folder} is not a folder", str(folder),
+                        "pass the folder that holds your photos")
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return found[:limit] if limit is not None else found
+
+
+def claim_out(cfg: BuildConfig, force: bool) -> Path:
+    """DATA, checked: a new folder, or an earlier build with the same settings (resume)."""
+    out = Path(cfg.out)
+    state = out / ".build" / "config.json"
+    if out.exists() and any(out.iterdir()):
+        if force:
+            shutil.rmtree(out)
+        elif not state.exists():
+            raise DataError(f"--out {out} exists and is not a build-data folder", str(out),
+                            "choose a new folder (or --force to replace it)")
+        else:
+            before = json.loads(state.read_text())
+            now = cfg.fingerprint()
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if diff:
+                raise DataError(f"--out {out} holds a build with other settings (they differ "
+                                f"in: {', '.join(diff)})", str(state),
+                                "resume with the same settings, use another --out, or "
+                                "--force to start over")
+    (out / ".build").mkdir(parents=True, exist_ok=True)
+    write_json_atomically(state, cfg.fingerprint())
+    return out
+
+
+def _batches(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def stage_images(cfg: BuildConfig, out: Path, log) -> Store:
+    store = Store(out, "images")
+    folder = Path(cfg.images)
+    todo = [r for r in list_images(folder, cfg.limit) if r not in store]
+    p = Progress("images", len(todo) + len(store.records), "image", log,
+                 already=len(store.records))
+    for chunk in _batches(todo, 64):
+        recs = []
+        for rel in chunk:
+            try:
+                w, h = open_rgb(folder / rel, rel).size
+                ok = min(w, h) >= cfg.regions.min_image_side
+                reason = "" if ok else (f"tiny image: {w}x{h} < "
+                                        f"{cfg.regions.min_image_side} px")
+                recs.append({"id": rel, "ok": ok, "reason": reason, "size": [w, h]})
+            except DataError as e:
+                recs.append({"id": rel, "ok": False, "reason": f"unreadable image: {e.what}",
+                             "size": None})
+        store.add(recs)
+        p.tick(len(store.records))
+    return store
+
+
+def _region_dict(r: Region) -> dict:
+    return {"label": r.label, "box": [round(v, 2) for v in r.box], "source": r.source,
+            "score": r.score}
+
+
+def _coco_lookup(coco: dict, rel: str) -> list[Region] | None:
+    if rel in coco:
+        return coco[rel]
+    base = Path(rel).name
+    hits = [v for k, v in coco.items() if Path(k).name == base]
+    return hits[0] if len(hits) == 1 else None
+
+
+def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log) -> Store:
+    store = Store(out, "regions")
+    folder = Path(cfg.images)
+    ok = [r for r in images.records.values() if r["ok"]]
+    todo = [r for r in ok if r["id"] not in store]
+    p = Progress("regions", len(ok), "image", log, already=len(ok) - len(todo))
+    coco = read_coco(cfg.boxes) if cfg.boxes else None
+    sam3 = None
+    if cfg.detector == "sam3":
+        from .detector import load_sam3
+
+        sam3 = load_sam3(cfg.detector_model)
+    pixels = PixelConfig(max_pixels=cfg.max_pixels)
+    for chunk in _batches(todo, cfg.batch):
+        ims = [open_rgb(folder / r["id"], r["id"]) for r in chunk]
+        proposed, problems, raws = [], [], []
+        if coco is not None:
+            for r in chunk:
+                found = _coco_lookup(coco, r["id"])
+                proposed.append(found or [])
+                problems.append([] if found else ["no boxes for this image in --boxes"])
+                raws.append("")
+        else:
+            family = loaded.family
+            prompts = [([im], listing_prompt(family, cfg.regions.max_per_image)) for im in ims]
+            texts, sizes = ask.texts(loaded, prompts, cfg.list_tokens, pixels,
+                                     keep_special=family in TOKEN_FAMILIES)
+            for im, text, size in zip(ims, texts, sizes):
+                dets, why = parse_grounding(text, family, im.size, size)
+                proposed.append([Region(d.label, d.box, "model") for d in dets])
+                problems.append(why)
+                raws.append(text)
+        recs = []
+        for r, im, regs, probs, raw in zip(chunk, ims, proposed, problems, raws):
+            dropped = []
+            if sam3 is not None and regs:
+                from .detector import refine
+
+                regs, dropped = refine(sam3, im, regs)
+            kept, filtered = filter_regions(regs, im.size, cfg.regions)
+            dropped += filtered
+            recs.append({"id": r["id"], "size": list(im.size),
+                         "regions": [_region_dict(x) for x in kept],
+                         "dropped": [{**_region_dict(x), "reason": why} for x, why in dropped],
+                         "problems": probs, "raw": raw[:2000]})
+        store.add(recs)
+        p.tick(len(ok) - len(todo) + sum(1 for x in todo if x["id"] in store))
+    return store
+
+
+def _sample(cfg: BuildConfig, q: dict) -> Sample:
+    return Sample(image=Path(cfg.images) / q["image"], question=q["question"],
+                  box=tuple(q["region"]["box"]), options=tuple(q["options"]),
+                  answer=q.get("answer"), id=q["id"], where=q["id"])
+
+
+def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) -> Store:
+    from ..views import crop_box, draw_box
+
+    store = Store(out, "questions")
+    qc = cfg.questions
+    planned = [(f"{img['id']}#{i}", img["id"], reg, i)
+               for img in regions.records.values() for i, reg in enumerate(img["regions"])]
+    todo = [x for x in planned if x[0] not in store]
+    p = Progress("questions", len(planned), "region", log, already=len(planned) - len(todo))
+    pixels = PixelConfig(max_pixels=cfg.max_pixels)
+    for chunk in _batches(todo, cfg.batch):
+        if qc.template is not None:
+            recs = []
+            for iid, rel, reg, _ in chunk:
+                q = template_question(qc.template, reg["label"], qc.options)
+                recs.append({"id": iid, "image": rel, "region": reg, "style": q.style,
+                             "question": q.question, "options": list(q.distractors),
+                             "answer": None, "keep": True, "reason": "", "raw": "",
+                             "check": "template: not checked"})
+            store.add(recs)
+            p.tick(len(store.records))
+            continue
+        fulls = {rel: open_rgb(Path(cfg.images) / rel, rel) for _, rel, _, _ in chunk}
+        crops = [crop_box(fulls[rel], reg["box"], cfg.views) for _, rel, reg, _ in chunk]
+        styles = [style_for(i, qc.styles) for _, _, _, i in chunk]
+        prompts = [([c], writing_prompt(reg["label"], s, qc.distractors))
+                   for c, (_, _, reg, _), s in zip(crops, chunk, styles)]
+        written, _ = ask.texts(loaded, prompts, cfg.question_tokens, pixels)
+        recs, checks = [], []
+        for (iid, rel, reg, _), s, raw, crop in zip(chunk, styles, written, crops):
+            q, why = parse_question(raw, s, qc.distractors)
+            rec = {"id": iid, "image": rel, "region": reg, "style": s, "raw": raw[:1000],
+                   "keep": q is not None, "reason": why, "check": ""}
+            if q is not None:
+                opts, letter = options_of(q, f"{cfg.seed}:{iid}")
+                rec.update(question=q.question, options=list(opts), answer=letter,
+                           answer_text=q.answer)
+                if qc.validate:
+                    boxed = draw_box(fulls[rel], reg["box"], cfg.views)
+                    checks.append((rec, ([boxed, crop], validation_prompt(q.question, opts))))
+            recs.append(rec)
+        verdicts, _ = ask.texts(loaded, [c for _, c in checks], cfg.question_tokens, pixels)
+        for (rec, _), text in zip(checks, verdicts):
+            valid, why = parse_validation(text)
+            rec["check"] = text[:500]
+            if not valid:
+                rec.update(keep=False, reason=why)
+        store.add(recs)
+        p.tick(len(store.records))
+    return store
+
+
+def _answer_stage(cfg: BuildConfig, out: Path, stage: str, items: list[dict], loaded, view,
+                  n: int, temperature: float, score, log, full_image: bool = False) -> Store:
+    """Sample n answers per item under `view` and record `score(letters, item)`. A view of
+    the full image (`full_image`) shares each photo's vision features across its items."""
+    store = Store(out, stage)
+    todo = [q for q in items if q["id"] not in store]
+    p = Progress(stage, len(items), "item", log, already=len(items) - len(todo))
+    pixels = PixelConfig(max_pixels=cfg.max_pixels)
+    for chunk in _batches(todo, cfg.batch):
+        views = [view(_sample(cfg, q), cfg.views) for q in chunk]
+        keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
+        letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
+                                     [q["options"] for q in chunk], n, temperature, keys,
+                                     cfg.answer_tokens, pixels,
+                                     [q["image"] for q in chunk] if full_image else None)
+        store.add([{"id": q["id"], "letters": ls, "answers": [t[:40] for t in ts],
+                    **score(ls, q)} for q, ls, ts in zip(chunk, letters, texts)])
+        p.tick(len(store.records))
+    return store
+
+
+def stage_consensus(cfg: BuildConfig, out: Path, questions: Store, loaded, log) -> Store:
+    from ..views import teacher_view
+
+    cc = cfg.consensus
+
+    def score(ls, q):
+        c = consensus(ls, q.get("answer"), cc.min_agreement)
+        return {"majority": c.majority, "agreement": c.agreement, "keep": c.keep,
+                "reason": c.reason}
+
+    items = [q for q in questions.records.values() if q["keep"]]
+    return _answer_stage(cfg, out, "consensus", items, loaded, teacher_view, cc.k,
+                         cc.temperature, score, log)
+
+
+def stage_mining(cfg: BuildConfig, out: Path, items: list[dict], loaded, log) -> Store:
+    from ..views import plain_view
+
+    mc = cfg.mining
+
+    def score(ls, q):
+        m = mine(ls, q["answer"], mc.max_full_acc)
+        return {"full_acc": m.full_acc, "keep": m.keep, "reason": m.reason}
+
+    # batches follow the items' order, so one photo's items meet in one batch
+    return _answer_stage(cfg, out, "mining", items, loaded, plain_view, mc.m, mc.temperature,
+                         score, log, full_image=True)
+
+
+def _load(path: str, adapter: str | None = None):
+    from .. import models
+
+    return models.load(path, adapter_path=adapter)
+
+
+def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
+    """Run (or resume) every stage and write DATA's outputs; returns the report."""
+    from .output import joined, report, training_row, write_rows
+    from .sheet import write_sheet
+
+    out = claim_out(cfg, force)
+    seconds = {}
+    p0 = Progress("images", 0, "image", lambda m: None)
+    images = stage_images(cfg, out, log)
+    seconds["images"] = p0.seconds
+    loaded = _load(cfg.model)  # the consensus always needs it
+    family = loaded.family
+    t = Progress("regions", 0, "x", lambda m: None)
+    regions = stage_regions(cfg, out, images, loaded, log)
+    seconds["regions"] = t.seconds
+    t = Progress("questions", 0, "x", lambda m: None)
+    questions = stage_questions(cfg, out, regions, loaded, log)
+    seconds["questions"] = t.seconds
+    t = Progress("consensus", 0, "x", lambda m: None)
+    cons = stage_consensus(cfg, out, questions, loaded, log)
+    seconds["consensus"] = t.seconds
+    mining = None
+    if cfg.mining.enabled:
+        passed = [{**questions.records[i], "answer": questions.records[i]["answer"]
+                   or c["majority"]} for i, c in cons.records.items() if c["keep"]]
+        same = cfg.mine_with in (None, cfg.model) and cfg.adapter is None
+        if not same:
+            loaded = None  # the builder's memory is freed before the miner loads
+        miner = loaded if same else _load(cfg.miner, cfg.adapter)
+        t = Progress("mining", 0, "x", lambda m: None)
+        mining = stage_mining(cfg, out, passed, miner, log).records
+        seconds["mining"] = t.seconds
+    items = joined(questions.records, cons.records, mining)
+    provenance = {"builder": cfg.model, "miner": cfg.miner if cfg.mining.enabled else None,
+                  "adapter": cfg.adapter}
+    rows = [training_row(it, provenance) for it in items if it["status"] == "kept"]
+    counts = write_rows(out, rows, Path(cfg.images), cfg.heldout_share, cfg.seed)
+    n_img = max(1, sum(r["ok"] for r in images.records.values()))
+    rep = report(images.records, regions.records, items, counts,
+                 {**{k: round(v, 3) for k, v in seconds.items()},
+                  "per_image": {k: round(v / n_img, 4) for k, v in seconds.items()}},
+                 {"builder": cfg.model, "family": family, "miner": provenance["miner"],
+                  "adapter": cfg.adapter}, to_dict(cfg))
+    write_json_atomically(out / "report.json", rep)
+    write_sheet(out / "sheet.html", items, rep, Path(cfg.images), cfg.views)
+    return rep
+
+
+def summary_text(rep: dict, out: Path) -> str:
+    st = rep["stages"]
+    lines = [f"build-data: {rep['output']['train']} train + {rep['output']['heldout']} "
+             f"held-out items in {out}"]
+    for name, s in st.items():
+        drops = ", ".join(f"{k} {v}" for k, v in list(s.get("dropped", {}).items())[:3])
+        lines.append(f"  {name:<9} in {s.get('in', s.get('images'))}, out {s.get('out')}"
+                     + (f" (dropped: {drops})" if drops else ""))
+    g, d = st["mining"]["gap_kept"], st["mining"]["gap_dropped"]
+    if g["n"] or d["n"]:
+        fmt = lambda x: "-" if x["gap"] is None else f"{x['gap']:+.2f} (n {x['n']})"  # noqa: E731
+        lines.append(f"  crop-vs-full gap: kept {fmt(g)}, dropped {fmt(d)}")
+    lines.append(f"next: open {out / 'sheet.html'} to look at the items, then "
+                 f"mlx-opd train --data {out / 'train.jsonl'} --set validation.path="
+                 f"{out / 'heldout.jsonl'}")
+    return "\n".join(lines)
