@@ -2,13 +2,13 @@
 
     python benchmarks/gap_mining.py --out runs/bench/gap_mining [--pool 200 --steps 60]
 
-1. The model to be trained: the demo's tiny base recipe (demo.build_base, cached under
-   --cache) taught to read the full image for the --readable shapes (triangles) and not
-   for the others, so that some items have a crop-vs-full gap and some have none.
-2. A pool of scenes as a photo folder, their true boxes as COCO (--boxes) and the demo's
-   template question; `build-data` (builder: the base; miner: the partial model) with
-   mining (the mined set) and without (the unmined set: every item whose crop consensus
-   held).
+1. The model to be trained: the demo's tiny base (demo.build_base, cached under --cache):
+   it reads a colour when the object fills the image and not in a cluttered scene.
+2. A pool of photos: cluttered scenes, and every --closeup-every-th photo a close-up (the
+   object's zoomed crop as the photo, its box the whole image: no crop-vs-full gap); their
+   true boxes as COCO (--boxes, area filter off: a close-up's box is the whole photo) and
+   the demo's template question. `build-data` (builder and miner: the base) with mining
+   (the mined set) and without (the unmined set: every item whose crop consensus held).
 3. Precision and recall of "crop right, full wrong" against the known answers: truth is
    the crop consensus equal to the true letter AND the miner's accuracy on the plain full
    image, on --truth-samples fresh samples (other seeds than the mining's), against the
@@ -16,7 +16,7 @@
    Also against the greedy answers (the evaluation's definition of right and wrong).
 4. `mlx-opd train` (the demo's recipe, crop anchors included) from that base on each set,
    the same number of steps and seed; the gap (crop - plain) on held-out scenes before and
-   after, and the share of it closed per 10 steps.
+   after (the demo's held-out scenes, all cluttered), and the share closed per 10 steps.
 Writes OUT/gap_mining.json.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import mlx_opd  # noqa: F401  (first: preloads the BLAS)
 from mlx_opd import demo, models
 from mlx_opd.build import ask
-from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig
+from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
 from mlx_opd.build.mining import precision_recall
 from mlx_opd.build.pipeline import build_data
 from mlx_opd.config import COLOURS, DataConfig, PixelConfig
@@ -94,21 +94,15 @@ def train_on(r, base: Path, data: Path, run_dir: Path, steps: int, seed: int) ->
     return run_dir / "adapters"
 
 
-def held_out_accuracy(r, base, adapter, held, readable) -> dict:
-    L = models.load(base, adapter)
-    out = demo._accuracies(L, held, r, ("plain", "teacher"))
-    gap = [s for s in held if s.question.rstrip("?").rsplit(" ", 1)[-1] not in readable]
-    out["gap_shapes"] = demo._accuracies(L, gap, r, ("plain", "teacher"))
-    out["gap_shapes"]["n"] = len(gap)
-    return out
+def held_out_accuracy(r, base, adapter, held) -> dict:
+    return demo._accuracies(models.load(base, adapter), held, r, ("plain", "teacher"))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/gap_mining")
     ap.add_argument("--cache", default="runs/demo/cache")
-    ap.add_argument("--readable", default="triangle",
-                    help="Shapes the base reads on full views (comma-separated).")
+    ap.add_argument("--closeup-every", type=int, default=3)
     ap.add_argument("--pool", type=int, default=200)
     ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--m", type=int, default=MiningConfig().m, help="Mining samples per item.")
@@ -121,14 +115,15 @@ def main():
     out.mkdir(parents=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.time()
-    readable = tuple(x.strip() for x in a.readable.split(",") if x.strip())
-    r = replace(demo.DemoRecipe(), full_readable=readable)
+    r = demo.DemoRecipe()
     base = demo.build_base(r, Path(a.cache), log=log)
-    pool = write_photo_folder(out / "pool", a.pool, r.seed + POOL_SEED_OFFSET, r.synth)
+    pool = write_photo_folder(out / "pool", a.pool, r.seed + POOL_SEED_OFFSET, r.synth,
+                              closeup_every=a.closeup_every)
     truth = json.loads(pool["truth"].read_text())
     options = tuple(sorted(COLOURS)[: r.synth.n_options])
     cfg = BuildConfig(images=str(pool["photos"]), model=str(base), out=str(out / "mined"),
                       boxes=str(pool["boxes"]), mining=MiningConfig(m=a.m),
+                      regions=RegionConfig(max_area_ratio=1.0),
                       questions=QuestionConfig(template="What is the colour of the small {label}?",
                                                options=options),
                       views=demo.views(r), max_pixels=r.max_pixels, heldout_share=0.0)
@@ -142,13 +137,13 @@ def main():
     held_path = write_split(out / "eval", "heldout", a.heldout, r.seed + HELDOUT_SEED_OFFSET,
                             r.synth)
     held, _ = read_samples(DataConfig(path=str(held_path)))
-    start = held_out_accuracy(r, base, None, held, readable)
+    start = held_out_accuracy(r, base, None, held)
     gap0 = start["teacher_acc"] - start["plain_acc"]
     results = {}
     for seed in [int(x) for x in a.seeds.split(",")]:
         for name in ("mined", "unmined"):
             ad = train_on(r, base, out / name, out / f"run-{name}-{seed}", a.steps, seed)
-            acc = held_out_accuracy(r, base, ad, held, readable)
+            acc = held_out_accuracy(r, base, ad, held)
             gap1 = acc["teacher_acc"] - acc["plain_acc"]
             closed = (gap0 - gap1) / gap0 if gap0 > 0 else None
             results[f"{name}/seed{seed}"] = {
@@ -158,7 +153,7 @@ def main():
             log(f"{name} seed {seed}: plain {start['plain_acc']:.2f} -> {acc['plain_acc']:.2f}, "
                 f"crop {start['teacher_acc']:.2f} -> {acc['teacher_acc']:.2f}, gap "
                 f"{gap0:+.2f} -> {gap1:+.2f}")
-    result = {"readable": readable, "pool": a.pool, "heldout": a.heldout, "m": a.m,
+    result = {"closeup_every": a.closeup_every, "pool": a.pool, "heldout": a.heldout, "m": a.m,
               "steps": a.steps, "truth_samples": a.truth_samples,
               "precision_recall": pr, "mining_report": rep_mined["stages"]["mining"],
               "build_seconds": build_seconds, "build_seconds_per_image": build_seconds / a.pool,

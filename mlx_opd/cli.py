@@ -842,7 +842,7 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
 @click.option("--max-full-acc", type=float, help="Keep items whose full-image accuracy is "
               "below this (default 0.5).")
 @click.option("--no-mining", is_flag=True, help="Keep every item whose crop consensus held.")
-@click.option("--max-area-ratio", type=float, help="Drop boxes this big or bigger (default 0.10).")
+@click.option("--max-area-ratio", type=float, help="Drop boxes this big or bigger, as a share of the image (default 0.10; 1: keep all).")
 @click.option("--min-side", type=int, help="Drop boxes with a side under N px (default 12).")
 @click.option("--build-max-pixels", "max_pixels", type=int,
               help="The processor's bound on image pixels.")

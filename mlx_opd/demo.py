@@ -89,18 +89,13 @@ class DemoRecipe:
     teacher: str = "crop"
     student: str = "plain"
     degrade: DegradeConfig | None = None  # student "degraded": views.degrade (None: default)
-    # evidence shapes whose FULL views the base is taught to read too (the true answer, as
-    # on crops): a base that sees some objects in the whole scene and misses others, for
-    # measuring gap mining (benchmarks/gap_mining.py); the demo's own base reads none
-    full_readable: tuple[str, ...] = ()
 
     def key(self) -> str:
         d = asdict(self)
         for k in ("train_scenes", "heldout_scenes", "val_scenes", "opd_steps", "opd_lr",
                   "eval_every", "max_crop_drop", "min_format", "anchor_share"):
             d.pop(k)
-        for k, default in (("teacher", "crop"), ("student", "plain"), ("degrade", None),
-                           ("full_readable", ())):
+        for k, default in (("teacher", "crop"), ("student", "plain"), ("degrade", None)):
             if d[k] == default:  # the demo's own base keeps the key it had
                 d.pop(k)
         if d["synth"].get("objects") == 1:  # fields added since: the demo's key stays
@@ -192,9 +187,6 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
         if len(options) != len(s.options):
             raise RuntimeError("tiny base: an option letter is not one token in this "
                                "tokenizer; the uniform answer needs one token per option")
-        if r.full_readable and s.question.rstrip("?").rsplit(" ", 1)[-1] in r.full_readable:
-            fulls.append((models.encode(L, p.image, p.text, pixels(r)), crops[-1][1]))
-            continue  # a readable shape: the full view carries the true answer
         # the first answer token's target: every option letter equally (then the stop)
         fulls.append((models.encode(L, p.image, p.text, pixels(r)), [options[0], eos], options))
     return crops, fulls

@@ -203,13 +203,15 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = Syn
     return {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl"}
 
 
-def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig()
-                       ) -> dict[str, Path]:
+def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig(),
+                       closeup_every: int = 0) -> dict[str, Path]:
     """Scenes as a folder of photos for `build-data`: DIR/photos/*.png, DIR/boxes.json (the
     evidence boxes as COCO detection annotations: bbox [x, y, width, height] in pixels,
     category = the evidence's shape, as the question names it) and DIR/truth.json (each
     item's true option letter, keyed as build-data keys items: "<file>#0"). One object
-    per scene (objects=1)."""
+    per scene (objects=1). With `closeup_every` k, every k-th photo is a close-up instead:
+    the evidence box's zoomed crop (the teacher's view) saved as the photo, its box the
+    whole image; the full image then shows what the crop shows (no crop-vs-full gap)."""
     if cfg.objects != 1:
         raise ValueError("write_photo_folder writes one-object scenes (objects=1)")
     out_dir = Path(out_dir)
@@ -220,10 +222,16 @@ def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig 
     for i in range(n):
         scene = make_scene(seed + i, cfg)
         name = f"{i:05d}.png"
-        scene.image.save(photos / name)
-        w, h = scene.image.size
+        image, (x1, y1, x2, y2) = scene.image, scene.box
+        if closeup_every and i % closeup_every == closeup_every - 1:
+            from .config import ViewConfig
+            from .views import crop_box
+
+            image = crop_box(scene.image, scene.box, ViewConfig())
+            x1, y1, x2, y2 = 0, 0, *image.size
+        image.save(photos / name)
+        w, h = image.size
         images.append({"id": i, "file_name": name, "width": w, "height": h})
-        x1, y1, x2, y2 = scene.box
         shape = scene.question.rsplit("small ", 1)[1].rstrip("?")
         anns.append({"id": i + 1, "image_id": i, "category_id": cats[shape],
                      "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),

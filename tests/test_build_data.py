@@ -106,6 +106,9 @@ def test_region_filters_name_their_reason():
     assert "occurs 2 times" in reasons["sign600"] and "occurs 2 times" in reasons["sign800"]
     kept, dropped = filter_regions(regs[:1] + regs[6:], size, RegionConfig(max_per_image=1))
     assert [why for _, why in dropped] == ["over max_per_image (1)"]
+    whole = [Region("photo", (0, 0, 1000, 1000))]  # max_area_ratio 1: the filter is off
+    assert filter_regions(whole, size, RegionConfig(max_area_ratio=1.0))[0] == whole
+    assert filter_regions(whole, size, RegionConfig(max_area_ratio=0.99))[0] == []
 
 
 def _coco(tmp_path, anns, images=None):

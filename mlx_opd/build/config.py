@@ -20,7 +20,7 @@ QUESTION_STYLES = ("colour", "text", "count", "material", "shape", "state")
 
 @dataclass(frozen=True)
 class RegionConfig:
-    max_area_ratio: float = 0.10   # ZwZ drops box area / image area >= 0.10
+    max_area_ratio: float = 0.10   # ZwZ drops box area / image area >= 0.10 (1: no filter)
     min_side: int = 12             # px of the original image: smaller boxes hold no detail
     dedup_iou: float = 0.5         # a box overlapping an earlier one this much is a duplicate
     max_per_image: int = 6         # regions kept per image, in the model's order

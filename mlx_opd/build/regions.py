@@ -54,7 +54,7 @@ def filter_regions(regions: list[Region], image_size: tuple[int, int],
         dup = next((k for k in kept if iou(k.box, r.box) >= cfg.dedup_iou), None)
         if cfg.unique_labels and counts[r.label.lower()] > 1:
             why = f"label {r.label!r} occurs {counts[r.label.lower()]} times (ambiguous)"
-        elif ratio >= cfg.max_area_ratio:
+        elif cfg.max_area_ratio < 1.0 and ratio >= cfg.max_area_ratio:  # 1: no filter
             why = f"too large: area ratio {ratio:.2f} >= {cfg.max_area_ratio}"
         elif min(x2 - x1, y2 - y1) < cfg.min_side:
             why = f"too small: side {min(x2 - x1, y2 - y1):.0f} px < {cfg.min_side}"

@@ -61,8 +61,10 @@ padding:8px;display:flex;gap:8px}.kept{border-left-color:#2a2}.drop{border-left-
 padding:2px 8px;text-align:right}"""
 
 
-def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, views) -> Path:
-    """The page, kept items first, then each stage's drops."""
+def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, views,
+                per_section: int = PER_SECTION) -> Path:
+    """The page, kept items first, then each stage's drops (the first `per_section` of
+    each)."""
     from ..images import open_rgb
     from ..views import crop_box, draw_box
 
@@ -84,10 +86,11 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
     cache: dict[str, Image.Image] = {}
     for name in order:
         group = sections.get(name, [])
-        parts.append(f"<h2>{html.escape(name)} ({len(group)}"
-                     f"{', first ' + str(PER_SECTION) if len(group) > PER_SECTION else ''})</h2>"
+        anchor = name.replace(":", "").replace(" ", "-")  # sheet.html#dropped-mining
+        parts.append(f"<h2 id={anchor}>{html.escape(name)} ({len(group)}"
+                     f"{', first ' + str(per_section) if len(group) > per_section else ''})</h2>"
                      "<div class=grid>")
-        for it in group[:PER_SECTION]:
+        for it in group[:per_section]:
             rel = it["question_rec"]["image"]
             if rel not in cache:
                 cache[rel] = open_rgb(images_dir / rel, rel)
@@ -98,8 +101,10 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
     return path
 
 
-def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600) -> Path | None:
-    """The page as headless Chromium renders it (None when no Chromium is installed)."""
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600,
+               section: str | None = None) -> Path | None:
+    """The page as headless Chromium renders it, from the top or from `section` (an
+    anchor: "kept", "dropped-mining", ...); None when no Chromium is installed."""
     import shutil
     import subprocess
     import tempfile
@@ -113,6 +118,7 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600) -> 
                         "--no-first-run", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync",
                         f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                        f"--screenshot={png}", Path(page).resolve().as_uri()],
+                        f"--screenshot={png}",
+                        Path(page).resolve().as_uri() + (f"#{section}" if section else "")],
                        check=True, capture_output=True, timeout=120)
     return png
