@@ -13,7 +13,7 @@ by the images (regions) or items (the others).
 
 Estimated: plan.generation_time for the full-depth model on Apple chips, bf16 and 4-bit,
 per image with --regions regions and typical answer lengths (listing 150 tokens, a
-question 60, a check 20, consensus and mining 8 samples of 4 tokens), prompts measured
+question 60, a check 20, consensus 8 and mining 16 samples of 4 tokens), prompts measured
 here with the real processor settings. `--fit-table` prints plan's build peak (the rollout
 phase) of each real model on a 16 / 32 GB Mac (docs/build-data.md's table).
 """
@@ -42,7 +42,7 @@ def measure(replica: Path, photos: dict, work: Path, list_tokens: int, log) -> d
     common = dict(images=str(photos["photos"]), model=str(replica), batch=8,
                   list_tokens=list_tokens, question_tokens=60, answer_tokens=4,
                   consensus=ConsensusConfig(k=8, min_agreement=0.0),
-                  mining=MiningConfig(m=8))
+                  mining=MiningConfig())
     runs = {
         "listing": BuildConfig(out=str(work / "a"), **common),
         "questions": BuildConfig(out=str(work / "b"), boxes=str(photos["boxes"]), **common),
@@ -62,8 +62,9 @@ def measure(replica: Path, photos: dict, work: Path, list_tokens: int, log) -> d
     # stage on the template build's items directly, each with answer A
     cfg = runs["answers"]
     items = [{**q, "answer": "A"} for q in Store(Path(cfg.out), "questions").records.values()]
+    loaded = models.load(cfg.model)
     t0 = time.perf_counter()
-    stage_mining(cfg, Path(cfg.out), items, models.load(cfg.model), log)
+    stage_mining(cfg, Path(cfg.out), items, loaded, log)
     out["answers"]["seconds"]["mining"] = time.perf_counter() - t0
     out["answers"]["stages"]["mining"]["in"] = len(items)
     per = {"regions_per_image": out["listing"]["seconds"]["per_image"]["regions"],
@@ -87,7 +88,8 @@ def prompt_sizes(replica: Path, image_path: Path, box) -> dict:
             "crop_prompt": crop.prompt_len, "crop_image_tokens": models.image_token_count(L, crop)}
 
 
-def mac_estimate(config: dict, sizes: dict, regions: int, k: int = 8, m: int = 8) -> dict:
+def mac_estimate(config: dict, sizes: dict, regions: int, k: int = 8,
+                 m: int = MiningConfig().m) -> dict:
     fp, fi, cp, ci = (sizes[x] for x in ("full_prompt", "full_image_tokens", "crop_prompt",
                                           "crop_image_tokens"))
     out = {}
@@ -149,8 +151,9 @@ def main():
               "measured_cpu": measured, "prompt_sizes": sizes,
               "mac_estimate_seconds_per_image": mac_estimate(
                   REAL_MODELS[a.model].config, sizes, a.regions),
+              "m": MiningConfig().m,
               "estimate_assumes": {"regions_per_image": a.regions, "typical_new_tokens": TYPICAL,
-                                   "k": 8, "m": 8, "batch": 8}}
+                                   "k": 8, "m": MiningConfig().m, "batch": 8}}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=2))
     log(json.dumps({"cpu_seconds": measured["seconds"],

@@ -4,7 +4,7 @@
 
 1. The model to be trained: the demo's tiny base (demo.build_base, cached under --cache):
    it reads a colour when the object fills the image and not in a cluttered scene.
-2. A pool of photos: cluttered scenes, and every --closeup-every-th photo a close-up (the
+2. A pool of photos: cluttered scenes, and a share --closeups of close-ups (the
    object's zoomed crop as the photo, its box the whole image: no crop-vs-full gap); their
    true boxes as COCO (--boxes, area filter off: a close-up's box is the whole photo) and
    the demo's template question. `build-data` (builder and miner: the base) with mining
@@ -102,7 +102,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/gap_mining")
     ap.add_argument("--cache", default="runs/demo/cache")
-    ap.add_argument("--closeup-every", type=int, default=3)
+    ap.add_argument("--closeups", type=float, default=1 / 3,
+                    help="Share of the pool's photos that are close-ups (no gap).")
     ap.add_argument("--pool", type=int, default=200)
     ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--m", type=int, default=MiningConfig().m, help="Mining samples per item.")
@@ -118,7 +119,7 @@ def main():
     r = demo.DemoRecipe()
     base = demo.build_base(r, Path(a.cache), log=log)
     pool = write_photo_folder(out / "pool", a.pool, r.seed + POOL_SEED_OFFSET, r.synth,
-                              closeup_every=a.closeup_every)
+                              closeup_share=a.closeups)
     truth = json.loads(pool["truth"].read_text())
     options = tuple(sorted(COLOURS)[: r.synth.n_options])
     cfg = BuildConfig(images=str(pool["photos"]), model=str(base), out=str(out / "mined"),
@@ -153,7 +154,7 @@ def main():
             log(f"{name} seed {seed}: plain {start['plain_acc']:.2f} -> {acc['plain_acc']:.2f}, "
                 f"crop {start['teacher_acc']:.2f} -> {acc['teacher_acc']:.2f}, gap "
                 f"{gap0:+.2f} -> {gap1:+.2f}")
-    result = {"closeup_every": a.closeup_every, "pool": a.pool, "heldout": a.heldout, "m": a.m,
+    result = {"closeups": a.closeups, "pool": a.pool, "heldout": a.heldout, "m": a.m,
               "steps": a.steps, "truth_samples": a.truth_samples,
               "precision_recall": pr, "mining_report": rep_mined["stages"]["mining"],
               "build_seconds": build_seconds, "build_seconds_per_image": build_seconds / a.pool,

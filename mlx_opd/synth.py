@@ -204,14 +204,14 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = Syn
 
 
 def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig = SynthConfig(),
-                       closeup_every: int = 0) -> dict[str, Path]:
+                       closeup_share: float = 0.0) -> dict[str, Path]:
     """Scenes as a folder of photos for `build-data`: DIR/photos/*.png, DIR/boxes.json (the
     evidence boxes as COCO detection annotations: bbox [x, y, width, height] in pixels,
     category = the evidence's shape, as the question names it) and DIR/truth.json (each
     item's true option letter, keyed as build-data keys items: "<file>#0"). One object
-    per scene (objects=1). With `closeup_every` k, every k-th photo is a close-up instead:
-    the evidence box's zoomed crop (the teacher's view) saved as the photo, its box the
-    whole image; the full image then shows what the crop shows (no crop-vs-full gap)."""
+    per scene (objects=1). A `closeup_share` of the photos, spread evenly, are close-ups
+    instead: the evidence box's zoomed crop (the teacher's view) saved as the photo, its
+    box the whole image; the full image then shows what the crop shows (no gap)."""
     if cfg.objects != 1:
         raise ValueError("write_photo_folder writes one-object scenes (objects=1)")
     out_dir = Path(out_dir)
@@ -223,7 +223,7 @@ def write_photo_folder(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig 
         scene = make_scene(seed + i, cfg)
         name = f"{i:05d}.png"
         image, (x1, y1, x2, y2) = scene.image, scene.box
-        if closeup_every and i % closeup_every == closeup_every - 1:
+        if int((i + 1) * closeup_share) > int(i * closeup_share):
             from .config import ViewConfig
             from .views import crop_box
 
