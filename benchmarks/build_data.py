@@ -102,7 +102,9 @@ def mac_estimate(config: dict, sizes: dict, regions: int, k: int = 8,
                       "questions": g(regions, cp + 80, ci, TYPICAL["question"])
                       + g(regions, fp + ci + 120, fi + ci, TYPICAL["check"]),
                       "consensus": g(regions, cp + 40, ci, TYPICAL["answer"], k),
-                      "mining": g(regions, fp + 40, fi, TYPICAL["answer"], m)}
+                      # one photo's items share its vision features (ask.py)
+                      "mining": g(1, fp + 40, fi, TYPICAL["answer"], m)
+                      + g(regions - 1, fp + 40, 0, TYPICAL["answer"], m)}
             out[f"{chip}/{label}"] = {**{s: round(v, 3) for s, v in stages.items()},
                                       "total": round(sum(stages.values()), 3)}
     return out
