@@ -846,6 +846,8 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
 @click.option("--min-side", type=int, help="Drop boxes with a side under N px (default 12).")
 @click.option("--build-max-pixels", "max_pixels", type=int,
               help="The processor's bound on image pixels.")
+@click.option("--heldout-share", type=float, help="Share of the kept items for heldout.jsonl, "
+              "whole photos at a time (default 0.1).")
 @click.option("--batch", type=int, help="Prompts decoded together (default 8).")
 @click.option("--seed", type=int, help="Seeds sampling, option order and the split.")
 @click.option("--force", is_flag=True, help="Replace --out instead of resuming it.")
@@ -877,6 +879,7 @@ def build_data(run_config, force, **kw):
                    mine_with=kw["mine_with"], adapter=kw["adapter"], limit=kw["limit"],
                    boxes=kw["boxes"], detector=kw["detector"],
                    detector_model=kw["detector_model"], max_pixels=kw["max_pixels"],
+                   heldout_share=kw["heldout_share"],
                    batch=kw["batch"], seed=kw["seed"]),
             regions=RegionConfig(**pick(max_area_ratio=kw["max_area_ratio"],
                                         min_side=kw["min_side"])),

@@ -237,6 +237,8 @@ def test_config_errors_say_how_to_fix():
         BuildConfig(questions=QuestionConfig(template="What colour is the {label}?"))
     with pytest.raises(ValueError, match="--detector-model"):
         BuildConfig(detector="sam3")
+    with pytest.raises(ValueError, match="only {label}"):
+        BuildConfig(questions=QuestionConfig(template="What is {colour}?", options=("a", "b")))
 
 
 # --- end to end, through mlx-vlm's real loader ------------------------------------------
@@ -420,6 +422,9 @@ def test_cli_build_data_errors_are_one_line(tmp_path, tiny_dir):
                                   str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "out")])
     assert r.exit_code != 0 and "is not a build-data folder" in r.output
     assert "Traceback" not in r.output and (tmp_path / "out" / "mine.txt").exists()
+    r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "photos"), "--model",
+                                  str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "new")])
+    assert r.exit_code != 0 and "no images under" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])

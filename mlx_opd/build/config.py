@@ -93,6 +93,12 @@ class BuildConfig:
         if self.questions.template is not None:
             if "{label}" not in self.questions.template and "?" not in self.questions.template:
                 raise ValueError("--question must be a question (it may use {label})")
+            try:
+                self.questions.template.format(label="object")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"--question {self.questions.template!r}: only {{label}} may "
+                                 f"appear in braces ({e!r}); write a literal brace as {{{{ or "
+                                 "}}") from None
             if len(self.questions.options) < 2:
                 raise ValueError("a template question needs --options with at least 2 "
                                  "choices, e.g. --options red,green,blue,yellow")

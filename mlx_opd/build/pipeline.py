@@ -53,6 +53,9 @@ def list_images(folder: Path, limit: int | None) -> list[str]:
                         "pass the folder that holds your photos")
     found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise DataError(f"no images under {folder} (looked for {', '.join(IMAGE_SUFFIXES)}, "
+                        "in subfolders too)", str(folder), "point --images at your photos")
     return found[:limit] if limit is not None else found
 
 
