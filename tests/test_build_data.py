@@ -73,6 +73,8 @@ BROKEN = [
     ("qwen2_5_vl", '[{"bbox_2d": [1, 2, 3, 4], "label": "cup"}] and then some words', ["cup"], None),
     ("qwen2_vl", "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(10,20),(30", [], "no <|box_start|>"),
     ("qwen2_vl", "<|box_start|>(10,20),(30,40)<|box_end|>", [], "no label"),
+    ("qwen2_vl", "<|object_ref_start|>a<|object_ref_end|> and <|object_ref_start|>b"
+     "<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|>", ["b"], None),
 ]
 
 
@@ -102,10 +104,10 @@ def test_region_filters_name_their_reason():
     reasons = {r.label + str(r.box[0]): why for r, why in dropped}
     assert reasons["big0"].startswith("too large: area ratio 0.16")
     assert reasons["dot500"].startswith("too small: side 5 px")
-    assert reasons["mug5"].startswith("duplicate of 'cup'")
+    assert reasons["mug5"].startswith("duplicate box: of 'cup'")
     assert "occurs 2 times" in reasons["sign600"] and "occurs 2 times" in reasons["sign800"]
     kept, dropped = filter_regions(regs[:1] + regs[6:], size, RegionConfig(max_per_image=1))
-    assert [why for _, why in dropped] == ["over max_per_image (1)"]
+    assert [why for _, why in dropped] == ["over max_per_image: 1"]
     whole = [Region("photo", (0, 0, 1000, 1000))]  # max_area_ratio 1: the filter is off
     assert filter_regions(whole, size, RegionConfig(max_area_ratio=1.0))[0] == whole
     assert filter_regions(whole, size, RegionConfig(max_area_ratio=0.99))[0] == []
@@ -188,6 +190,7 @@ def test_options_are_shuffled_per_item_and_the_letter_names_the_answer():
     ("The crop shows one mug.\nVALID: Yes\nREASON: clear", True, "clear"),
     ("VALID: **No**\nREASON: two mugs in the photo\n\nmore", False, "two mugs in the photo"),
     ("It looks fine to me.", False, "no VALID"),
+    ("**VALID**: Yes\n**REASON**: one mug", True, ""),
 ])
 def test_validation_verdicts(text, valid, why):
     ok, reason = parse_validation(text)
@@ -237,8 +240,13 @@ def test_config_errors_say_how_to_fix():
         BuildConfig(questions=QuestionConfig(template="What colour is the {label}?"))
     with pytest.raises(ValueError, match="--detector-model"):
         BuildConfig(detector="sam3")
-    with pytest.raises(ValueError, match="only {label}"):
-        BuildConfig(questions=QuestionConfig(template="What is {colour}?", options=("a", "b")))
+    for bad in ("What is {colour}?", "What is {label.x}?", "What is {label!r}?"):
+        with pytest.raises(ValueError, match="only {label}"):
+            BuildConfig(questions=QuestionConfig(template=bad, options=("a", "b")))
+    with pytest.raises(ValueError, match="at most 10"):
+        BuildConfig(questions=QuestionConfig(template="{label}?", options=tuple("abcdefghijk")))
+    with pytest.raises(ValueError, match="--limit"):
+        BuildConfig(limit=0)
 
 
 # --- end to end, through mlx-vlm's real loader ------------------------------------------
@@ -410,6 +418,25 @@ def test_cli_build_data_runs_and_says_what_next(tmp_path, letter_models):
         "stages"] == rep["stages"]
 
 
+def test_build_data_refuses_inputs_that_would_lose_or_mix_up_photos(tmp_path, tiny_dir):
+    from mlx_opd.build.pipeline import build_data
+
+    paths = _photos(tmp_path / "in", n=2)
+    model = str(tiny_dir["qwen2_5_vl"])
+    inside = BuildConfig(images=str(paths["photos"]), model=model, out=str(paths["photos"]))
+    with pytest.raises(DataError, match="holds --images"):
+        build_data(inside, force=True, log=lambda m: None)
+    assert len(list(paths["photos"].iterdir())) == 4  # --force deleted nothing
+    coco = json.loads(paths["boxes"].read_text())
+    for im in coco["images"]:
+        im["file_name"] = "elsewhere/" + im["file_name"] + ".jpg"
+    (tmp_path / "other.json").write_text(json.dumps(coco))
+    cfg = BuildConfig(images=str(paths["photos"]), model=model, out=str(tmp_path / "data"),
+                      boxes=str(tmp_path / "other.json"))
+    with pytest.raises(DataError, match="no photo under --images is named in --boxes"):
+        build_data(cfg, log=lambda m: None)
+
+
 def test_cli_build_data_errors_are_one_line(tmp_path, tiny_dir):
     from click.testing import CliRunner
 
@@ -418,11 +445,13 @@ def test_cli_build_data_errors_are_one_line(tmp_path, tiny_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep me")
     (tmp_path / "photos").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "photos"), "--model",
                                   str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "out")])
     assert r.exit_code != 0 and "is not a build-data folder" in r.output
     assert "Traceback" not in r.output and (tmp_path / "out" / "mine.txt").exists()
-    r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "photos"), "--model",
+    r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "empty"), "--model",
                                   str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "new")])
     assert r.exit_code != 0 and "no images under" in r.output and "Traceback" not in r.output
 

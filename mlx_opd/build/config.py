@@ -10,6 +10,7 @@ to be trained.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field, fields
 
 from ..config import ViewConfig, choose
@@ -94,11 +95,16 @@ class BuildConfig:
             if "{label}" not in self.questions.template and "?" not in self.questions.template:
                 raise ValueError("--question must be a question (it may use {label})")
             try:
-                self.questions.template.format(label="object")
-            except (KeyError, IndexError, ValueError) as e:
+                fields_ = [(f, spec or "", conv or "") for _, f, spec, conv in
+                           string.Formatter().parse(self.questions.template) if f is not None]
+            except ValueError as e:
+                fields_ = [(str(e), "", "")]
+            if any(f != ("label", "", "") for f in fields_):
                 raise ValueError(f"--question {self.questions.template!r}: only {{label}} may "
-                                 f"appear in braces ({e!r}); write a literal brace as {{{{ or "
-                                 "}}") from None
+                                 "appear in braces; write a literal brace as {{ or }}")
+            if len(self.questions.options) > 10:
+                raise ValueError(f"--options: at most 10 choices (A-J), got "
+                                 f"{len(self.questions.options)}")
             if len(self.questions.options) < 2:
                 raise ValueError("a template question needs --options with at least 2 "
                                  "choices, e.g. --options red,green,blue,yellow")
@@ -108,6 +114,8 @@ class BuildConfig:
                         ("regions.max_area_ratio", self.regions.max_area_ratio)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
         if self.consensus.k < 1 or self.mining.m < 1 or self.batch < 1:
             raise ValueError("consensus.k, mining.m and batch must be >= 1")
 

@@ -30,7 +30,7 @@ def consensus(letters: list[str | None], expected: str | None,
     k = len(letters)
     counts = Counter(x for x in letters if x is not None)
     if not k or not counts:
-        return Consensus(None, 0.0, False, f"crop answers unreadable ({k} of {k})")
+        return Consensus(None, 0.0, False, f"crop answers unreadable: {k} of {k}")
     top = max(counts.values())
     majority = min(x for x, c in counts.items() if c == top)
     agreement = top / k
@@ -39,5 +39,5 @@ def consensus(letters: list[str | None], expected: str | None,
                          f"low crop agreement: {top}/{k} < {min_agreement}")
     if expected is not None and majority != expected:
         return Consensus(majority, agreement, False,
-                         f"crop consensus {majority} disagrees with the written answer {expected}")
+                         f"crop disagrees with the written answer: {majority} vs {expected}")
     return Consensus(majority, agreement, True, "")

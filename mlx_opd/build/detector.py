@@ -21,9 +21,9 @@ def sam3_decision(label: str, boxes, scores, min_score: float = MIN_SAM3_SCORE
     found = [(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)
              if float(s) >= min_score]
     if not found:
-        return None, f"SAM3 found no {label!r} scored >= {min_score}"
+        return None, f"SAM3 found none: no {label!r} scored >= {min_score}"
     if len(found) > 1:
-        return None, f"SAM3 found {len(found)} {label!r} (not unique)"
+        return None, f"SAM3 not unique: {len(found)} {label!r}"
     box, score = found[0]
     return Region(label, box, "sam3", score), ""
 

@@ -26,7 +26,8 @@ CONVENTIONS = {"qwen2_vl": "rel1000", "qwen2_5_vl": "abs_input", "qwen3_vl": "re
 TOKEN_FAMILIES = ("qwen2_vl",)  # boxes as special tokens, not JSON
 
 _QWEN2_BOX = re.compile(
-    r"(?:<\|object_ref_start\|>(?P<label>.*?)<\|object_ref_end\|>\s*)?<\|box_start\|>\s*"
+    r"(?:<\|object_ref_start\|>(?P<label>(?:(?!<\|object_ref_).)*?)<\|object_ref_end\|>\s*)?"
+    r"<\|box_start\|>\s*"
     r"\(\s*(?P<x1>-?\d+(?:\.\d+)?)\s*,\s*(?P<y1>-?\d+(?:\.\d+)?)\s*\)\s*,\s*"
     r"\(\s*(?P<x2>-?\d+(?:\.\d+)?)\s*,\s*(?P<y2>-?\d+(?:\.\d+)?)\s*\)\s*<\|box_end\|>", re.S)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
@@ -78,8 +79,8 @@ def json_candidates(text: str) -> tuple[list, list[str]]:
             found.append(json.loads(obj))
         except json.JSONDecodeError:
             continue
-    return found, ["broken JSON: kept the " + (f"{len(found)} complete object(s)" if found
-                                                 else "no complete object")]
+    return found, ["broken JSON: kept " + (f"{len(found)} complete object(s)" if found
+                                           else "no complete object")]
 
 
 def _to_pixels(xyxy, convention: str, image_size, input_size) -> tuple[float, ...]:
@@ -100,9 +101,9 @@ def check_box(box, image_size, tol: float = 0.02) -> tuple[tuple | None, str | N
     W, H = image_size
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
-        return None, f"inverted or empty box {[round(v, 1) for v in box]}"
+        return None, f"inverted or empty box: {[round(v, 1) for v in box]}"
     if x1 < -tol * W or y1 < -tol * H or x2 > (1 + tol) * W or y2 > (1 + tol) * H:
-        return None, f"box {[round(v, 1) for v in box]} outside the {W}x{H} image"
+        return None, f"box outside the image: {[round(v, 1) for v in box]} in {W}x{H}"
     return (max(0.0, x1), max(0.0, y1), min(float(W), x2), min(float(H), y2)), None
 
 
@@ -136,27 +137,26 @@ def parse_grounding(text: str, family: str, image_size: tuple[int, int],
         for i, obj in enumerate(values):
             where = f"object {i + 1}"
             if not isinstance(obj, dict):
-                problems.append(f"{where}: not an object ({type(obj).__name__})")
+                problems.append(f"not an object: {where} is a {type(obj).__name__}")
                 continue
             box = obj.get("bbox_2d", obj.get("bbox"))
             if box is None:
-                kind = "a point, not a box" if "point_2d" in obj else \
-                    f"no bbox_2d (keys: {', '.join(map(str, obj)) or 'none'})"
-                problems.append(f"{where}: {kind}")
+                problems.append(f"a point, not a box: {where}" if "point_2d" in obj else
+                                f"no bbox_2d: {where} (keys: {', '.join(map(str, obj)) or 'none'})")
                 continue
             if not _numbers(box):
-                problems.append(f"{where}: bbox_2d is not 4 numbers: {box!r}"[:120])
+                problems.append(f"bbox_2d not 4 numbers: {where}: {box!r}"[:120])
                 continue
             label = obj.get("label", "")
             raw.append((label.strip() if isinstance(label, str) else "", [float(v) for v in box]))
     out = []
     for i, (label, nums) in enumerate(raw):
         if not label:
-            problems.append(f"box {i + 1}: no label")
+            problems.append(f"no label: box {i + 1}")
             continue
         box, why = check_box(_to_pixels(nums, convention, image_size, input_size), image_size)
         if why:
-            problems.append(f"{label!r}: {why}")
+            problems.append(f"{why} ({label!r})")
             continue
         out.append(Detection(label, box))
     return out, problems

@@ -67,9 +67,11 @@ def write_rows(out: Path, rows: list[dict], images_dir: Path, share: float, seed
         src = r["provenance"]["source_image"]
         split["heldout" if is_heldout(src, share, seed) else "train"].append(r)
         dest = out / r["image"]
-        if not dest.exists():
+        if not dest.exists():  # copied whole, then renamed: an interrupted copy is redone
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(images_dir / src, dest)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copy2(images_dir / src, tmp)
+            os.replace(tmp, dest)
     for name, part in split.items():
         tmp = out / f".{name}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in part))

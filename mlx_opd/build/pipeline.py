@@ -29,7 +29,7 @@ from ..images import open_rgb
 from . import ask
 from .config import BuildConfig, to_dict
 from .consensus import consensus
-from .grounding import TOKEN_FAMILIES, listing_prompt, parse_grounding
+from .grounding import TOKEN_FAMILIES, check_box, listing_prompt, parse_grounding
 from .mining import mine
 from .questions import (
     options_of,
@@ -46,22 +46,33 @@ from .store import Progress, Store, stderr_log
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def list_images(folder: Path, limit: int | None) -> list[str]:
-    """Image paths relative to `folder`, sorted, the first `limit`."""
+def list_images(folder: Path, limit: int | None, out: Path | None = None) -> list[str]:
+    """Image paths relative to `folder`, sorted, the first `limit` (never under `out`)."""
     if not folder.is_dir():
         raise DataError(f"--images {folder} is not a folder", str(folder),
                         "pass the folder that holds your photos")
+    skip = out.resolve() if out is not None else None
     found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and (skip is None or not p.resolve().is_relative_to(skip)))
     if not found:
         raise DataError(f"no images under {folder} (looked for {', '.join(IMAGE_SUFFIXES)}, "
                         "in subfolders too)", str(folder), "point --images at your photos")
     return found[:limit] if limit is not None else found
 
 
+def check_paths(cfg: BuildConfig) -> None:
+    """DATA may not hold the photos (--force would delete them)."""
+    out, images = Path(cfg.out).resolve(), Path(cfg.images).resolve()
+    if images == out or images.is_relative_to(out):
+        raise DataError(f"--out {cfg.out} holds --images {cfg.images}", str(cfg.out),
+                        "write DATA to a folder of its own, beside the photos")
+
+
 def claim_out(cfg: BuildConfig, force: bool) -> Path:
     """DATA, checked: a new folder, or an earlier build with the same settings (resume)."""
     out = Path(cfg.out)
+    check_paths(cfg)
     state = out / ".build" / "config.json"
     if out.exists() and any(out.iterdir()):
         if force:
@@ -91,7 +102,7 @@ def _batches(items: list, n: int):
 def stage_images(cfg: BuildConfig, out: Path, log) -> Store:
     store = Store(out, "images")
     folder = Path(cfg.images)
-    todo = [r for r in list_images(folder, cfg.limit) if r not in store]
+    todo = [r for r in list_images(folder, cfg.limit, out) if r not in store]
     p = Progress("images", len(todo) + len(store.records), "image", log,
                  already=len(store.records))
     for chunk in _batches(todo, 64):
@@ -116,12 +127,25 @@ def _region_dict(r: Region) -> dict:
             "score": r.score}
 
 
-def _coco_lookup(coco: dict, rel: str) -> list[Region] | None:
+def _coco_lookup(coco: dict, rel: str, photos: list[str]) -> list[Region] | None:
+    """The COCO boxes of photo `rel`: by its path under --images, else by its file name
+    when that name is unique among both the photos and the COCO images."""
     if rel in coco:
         return coco[rel]
     base = Path(rel).name
+    if sum(Path(p).name == base for p in photos) != 1:
+        return None
     hits = [v for k, v in coco.items() if Path(k).name == base]
     return hits[0] if len(hits) == 1 else None
+
+
+def _coco_check(coco: dict, photos: list[str], path: str) -> None:
+    """Refuse a COCO file that names none of the photos (before any model runs)."""
+    if photos and not any(_coco_lookup(coco, p, photos) is not None for p in photos):
+        names = ", ".join(list(coco)[:3])
+        raise DataError(f"no photo under --images is named in --boxes (it names {names}, "
+                        f"...; the photos are {', '.join(photos[:3])}, ...)", path,
+                        "COCO file_name must be the path under --images (or a unique name)")
 
 
 def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log) -> Store:
@@ -131,6 +155,9 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log) -> St
     todo = [r for r in ok if r["id"] not in store]
     p = Progress("regions", len(ok), "image", log, already=len(ok) - len(todo))
     coco = read_coco(cfg.boxes) if cfg.boxes else None
+    photos = sorted(images.records)
+    if coco is not None:
+        _coco_check(coco, photos, cfg.boxes)
     sam3 = None
     if cfg.detector == "sam3":
         from .detector import load_sam3
@@ -141,10 +168,16 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log) -> St
         ims = [open_rgb(folder / r["id"], r["id"]) for r in chunk]
         proposed, problems, raws = [], [], []
         if coco is not None:
-            for r in chunk:
-                found = _coco_lookup(coco, r["id"])
-                proposed.append(found or [])
-                problems.append([] if found else ["no boxes for this image in --boxes"])
+            for r, im in zip(chunk, ims):
+                found, why = [], []
+                for reg in _coco_lookup(coco, r["id"], photos) or []:
+                    box, bad = check_box(reg.box, im.size)
+                    if bad:
+                        why.append(f"{bad} ({reg.label!r}, --boxes)")
+                    else:
+                        found.append(Region(reg.label, box, reg.source, reg.score))
+                proposed.append(found)
+                problems.append(why or ([] if found else ["no boxes: not in --boxes"]))
                 raws.append("")
         else:
             family = loaded.family
@@ -293,13 +326,17 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
     from .output import joined, report, training_row, write_rows
     from .sheet import write_sheet
 
+    check_paths(cfg)
+    list_images(Path(cfg.images), cfg.limit, Path(cfg.out))  # inputs first: a typo ...
+    if cfg.boxes:
+        read_coco(cfg.boxes)
+    loaded = _load(cfg.model)  # ... never leaves DATA claimed with the wrong settings
+    family = loaded.family
     out = claim_out(cfg, force)
     seconds = {}
     p0 = Progress("images", 0, "image", lambda m: None)
     images = stage_images(cfg, out, log)
     seconds["images"] = p0.seconds
-    loaded = _load(cfg.model)  # the consensus always needs it
-    family = loaded.family
     t = Progress("regions", 0, "x", lambda m: None)
     regions = stage_regions(cfg, out, images, loaded, log)
     seconds["regions"] = t.seconds
@@ -315,7 +352,13 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
                    or c["majority"]} for i, c in cons.records.items() if c["keep"]]
         same = cfg.mine_with in (None, cfg.model) and cfg.adapter is None
         if not same:
+            import gc
+
+            import mlx.core as mx
+
             loaded = None  # the builder's memory is freed before the miner loads
+            gc.collect()
+            mx.clear_cache()
         miner = loaded if same else _load(cfg.miner, cfg.adapter)
         t = Progress("mining", 0, "x", lambda m: None)
         mining = stage_mining(cfg, out, passed, miner, log).records

@@ -106,7 +106,7 @@ def validation_prompt(question: str, options) -> str:
             "Reply with two lines: VALID: Yes or No, then REASON: a few words.")
 
 
-_VALID = re.compile(r"VALID\s*[:：]\s*\**\s*(yes|no)\b", re.I)
+_VALID = re.compile(r"VALID\**\s*[:：]\s*\**\s*(yes|no)\b", re.I)
 _REASON = re.compile(r"REASON\s*[:：]\s*(.+?)(?:\n\n|\Z)", re.I | re.S)
 
 

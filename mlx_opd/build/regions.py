@@ -53,15 +53,15 @@ def filter_regions(regions: list[Region], image_size: tuple[int, int],
         ratio = area_ratio(r.box, image_size)
         dup = next((k for k in kept if iou(k.box, r.box) >= cfg.dedup_iou), None)
         if cfg.unique_labels and counts[r.label.lower()] > 1:
-            why = f"label {r.label!r} occurs {counts[r.label.lower()]} times (ambiguous)"
+            why = f"ambiguous label: {r.label!r} occurs {counts[r.label.lower()]} times"
         elif cfg.max_area_ratio < 1.0 and ratio >= cfg.max_area_ratio:  # 1: no filter
             why = f"too large: area ratio {ratio:.2f} >= {cfg.max_area_ratio}"
         elif min(x2 - x1, y2 - y1) < cfg.min_side:
             why = f"too small: side {min(x2 - x1, y2 - y1):.0f} px < {cfg.min_side}"
         elif dup is not None:
-            why = f"duplicate of {dup.label!r} (IoU {iou(dup.box, r.box):.2f})"
+            why = f"duplicate box: of {dup.label!r}, IoU {iou(dup.box, r.box):.2f}"
         elif len(kept) >= cfg.max_per_image:
-            why = f"over max_per_image ({cfg.max_per_image})"
+            why = f"over max_per_image: {cfg.max_per_image}"
         else:
             kept.append(r)
             continue
@@ -70,8 +70,9 @@ def filter_regions(regions: list[Region], image_size: tuple[int, int],
 
 
 def drop_kind(reason: str) -> str:
-    """The counted kind of a drop reason: its words before the first ':' or '('."""
-    return reason.split(":")[0].split("(")[0].strip()
+    """The counted kind of a drop reason: its words before the first ':' (every reason is
+    written "kind: detail")."""
+    return reason.split(":")[0].strip()
 
 
 def read_coco(path: str | Path) -> dict[str, list[Region]]:

@@ -83,7 +83,6 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
              f"<p>builder {html.escape(str(report['models'].get('builder')))}, miner "
              f"{html.escape(str(report['models'].get('miner')))}</p><table><tr><th>stage</th>"
              f"<th>in</th><th>out</th><th>dropped (reason: count)</th></tr>{summary}</table>"]
-    cache: dict[str, Image.Image] = {}
     for name in order:
         group = sections.get(name, [])
         anchor = name.replace(":", "").replace(" ", "-")  # sheet.html#dropped-mining
@@ -92,9 +91,8 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
                      "<div class=grid>")
         for it in group[:per_section]:
             rel = it["question_rec"]["image"]
-            if rel not in cache:
-                cache[rel] = open_rgb(images_dir / rel, rel)
-            full, box = cache[rel], it["question_rec"]["region"]["box"]
+            full = open_rgb(images_dir / rel, rel)  # one photo at a time: big photos add up
+            box = it["question_rec"]["region"]["box"]
             parts.append(card(it, full, draw_box(full, box, views), crop_box(full, box, views)))
         parts.append("</div>")
     path.write_text("".join(parts))
