@@ -33,6 +33,7 @@ from mlx_opd.build import ask
 from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
 from mlx_opd.build.mining import precision_recall
 from mlx_opd.build.pipeline import build_data
+from mlx_opd.build.store import Store
 from mlx_opd.config import COLOURS, DataConfig, PixelConfig
 from mlx_opd.data import read_samples
 from mlx_opd.synth import HELDOUT_SEED_OFFSET, write_photo_folder, write_split
@@ -42,17 +43,12 @@ from mlx_opd.views import plain_view
 POOL_SEED_OFFSET = 9_000_011  # the pool's scenes: disjoint from the demo's streams
 
 
-def _records(data: Path, stage: str) -> dict:
-    return {json.loads(x)["id"]: json.loads(x)
-            for x in (data / ".build" / f"{stage}.jsonl").read_text().splitlines()}
-
-
 def truth_labels(cfg: BuildConfig, data: Path, truth: dict, n: int, log) -> dict:
     """Mining's verdicts against the known answers: (predicted, truth) per item that
     reached mining, truth from n fresh samples and from the greedy answers."""
     from mlx_opd.build.pipeline import _sample
 
-    qs, cons, mined = (_records(data, s) for s in ("questions", "consensus", "mining"))
+    qs, cons, mined = (Store(data, s).records for s in ("questions", "consensus", "mining"))
     miner = models.load(cfg.miner, cfg.adapter)
     ids = sorted(cons)
     pred, sampled, greedy = [], [], []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from ..config import PixelConfig
@@ -148,13 +149,14 @@ def _coco_check(coco: dict, photos: list[str], path: str) -> None:
                         "COCO file_name must be the path under --images (or a unique name)")
 
 
-def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log) -> Store:
+def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
+                  coco: dict | None = None) -> Store:
+    """`coco`: the user's boxes (read_coco of --boxes), instead of the model's."""
     store = Store(out, "regions")
     folder = Path(cfg.images)
     ok = [r for r in images.records.values() if r["ok"]]
     todo = [r for r in ok if r["id"] not in store]
     p = Progress("regions", len(ok), "image", log, already=len(ok) - len(todo))
-    coco = read_coco(cfg.boxes) if cfg.boxes else None
     photos = sorted(images.records)
     if coco is not None:
         _coco_check(coco, photos, cfg.boxes)
@@ -328,24 +330,22 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
 
     check_paths(cfg)
     list_images(Path(cfg.images), cfg.limit, Path(cfg.out))  # inputs first: a typo ...
-    if cfg.boxes:
-        read_coco(cfg.boxes)
+    coco = read_coco(cfg.boxes) if cfg.boxes else None
     loaded = _load(cfg.model)  # ... never leaves DATA claimed with the wrong settings
     family = loaded.family
     out = claim_out(cfg, force)
     seconds = {}
-    p0 = Progress("images", 0, "image", lambda m: None)
-    images = stage_images(cfg, out, log)
-    seconds["images"] = p0.seconds
-    t = Progress("regions", 0, "x", lambda m: None)
-    regions = stage_regions(cfg, out, images, loaded, log)
-    seconds["regions"] = t.seconds
-    t = Progress("questions", 0, "x", lambda m: None)
-    questions = stage_questions(cfg, out, regions, loaded, log)
-    seconds["questions"] = t.seconds
-    t = Progress("consensus", 0, "x", lambda m: None)
-    cons = stage_consensus(cfg, out, questions, loaded, log)
-    seconds["consensus"] = t.seconds
+
+    def timed(name, stage, *args, **kw):
+        t0 = time.perf_counter()
+        result = stage(*args, **kw)
+        seconds[name] = time.perf_counter() - t0
+        return result
+
+    images = timed("images", stage_images, cfg, out, log)
+    regions = timed("regions", stage_regions, cfg, out, images, loaded, log, coco=coco)
+    questions = timed("questions", stage_questions, cfg, out, regions, loaded, log)
+    cons = timed("consensus", stage_consensus, cfg, out, questions, loaded, log)
     mining = None
     if cfg.mining.enabled:
         passed = [{**questions.records[i], "answer": questions.records[i]["answer"]
@@ -360,9 +360,7 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
             gc.collect()
             mx.clear_cache()
         miner = loaded if same else _load(cfg.miner, cfg.adapter)
-        t = Progress("mining", 0, "x", lambda m: None)
-        mining = stage_mining(cfg, out, passed, miner, log).records
-        seconds["mining"] = t.seconds
+        mining = timed("mining", stage_mining, cfg, out, passed, miner, log).records
     items = joined(questions.records, cons.records, mining)
     provenance = {"builder": cfg.model, "miner": cfg.miner if cfg.mining.enabled else None,
                   "adapter": cfg.adapter}

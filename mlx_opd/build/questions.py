@@ -18,6 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from ..views import LETTERS
 from .grounding import json_candidates
 
 STYLE_ASKS = {
@@ -93,11 +94,11 @@ def options_of(q: Question, seed: str) -> tuple[tuple[str, ...], str | None]:
         return q.distractors, None
     opts = [q.answer, *q.distractors]
     random.Random(seed).shuffle(opts)
-    return tuple(opts), "ABCDEFGHIJ"[opts.index(q.answer)]
+    return tuple(opts), LETTERS[opts.index(q.answer)]
 
 
 def validation_prompt(question: str, options) -> str:
-    lettered = "\n".join(f"{'ABCDEFGHIJ'[i]}. {o}" for i, o in enumerate(options))
+    lettered = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return ("The first image is a photo with a red box; the second is the zoomed content of "
             "the box. Check the multiple-choice question below. It is VALID only if: (1) it "
             "can be answered from the zoomed image alone; (2) it has exactly one correct "

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-LETTERS = "ABCDEFGHIJ"
+from ..views import LETTERS
+
 PER_SECTION = 48  # cards per section: the page stays light
 
 

@@ -67,10 +67,6 @@ class Progress:
         self.log(f"[{self.stage}] {done}/{self.total} {self.unit}s, {per:.2f} s/{self.unit}, "
                  f"ETA {per * (self.total - done):.0f} s")
 
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
 
 def stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
