@@ -384,6 +384,53 @@ def test_every_stage_runs_and_a_cut_short_build_resumes_to_the_same_result(tmp_p
                                  mine_with=str(letter_models["A"])), log=lambda m: None)
 
 
+def test_a_photo_lost_mid_build_drops_its_items_and_the_build_goes_on(tmp_path,
+                                                                        letter_models):
+    """Deleted after the images stage, or changed to another size: the stage that meets it
+    drops its items with the reason, the others are kept, the sheet shows it."""
+    from mlx_opd.build.pipeline import build_data, summary_text
+
+    paths = _photos(tmp_path / "in", n=4)
+    cfg = _template_cfg(paths, letter_models["A"], tmp_path / "data",
+                        mine_with=str(letter_models["B"]))
+    build = tmp_path / "data" / ".build"
+    assert build_data(cfg, log=lambda m: None)["stages"]["mining"]["out"] == 4
+    photos = sorted(paths["photos"].glob("0*.png"))
+    assert len(photos) == 4
+    # gone before the consensus stage (its records dropped: as if it had stopped there)
+    photos[0].unlink()
+    for stage in ("consensus", "mining"):
+        (build / f"{stage}.jsonl").unlink()
+    rep = build_data(cfg, log=lambda m: None)
+    st = rep["stages"]
+    assert (st["consensus"]["in"], st["consensus"]["out"]) == (4, 3)
+    assert st["consensus"]["dropped"] == {"unreadable image": 1}
+    assert (st["mining"]["in"], st["mining"]["out"]) == (3, 3)
+    assert rep["output"]["train"] + rep["output"]["heldout"] == 3
+    assert "(photo lost)" in (tmp_path / "data" / "sheet.html").read_text()
+    # and changed to another size before the regions stage: dropped there
+    Image.open(photos[1]).resize((50, 40)).save(photos[1])
+    for stage in ("regions", "questions", "consensus", "mining"):
+        (build / f"{stage}.jsonl").unlink()
+    rep = build_data(cfg, log=lambda m: None)
+    assert rep["stages"]["regions"]["parse_problems"] == {"unreadable image": 1,
+                                                          "changed image": 1}
+    assert rep["output"]["train"] + rep["output"]["heldout"] == 2
+    assert "build-data: " in summary_text(rep, tmp_path / "data")
+
+
+def test_a_kept_row_whose_photo_is_gone_at_output_is_left_out_and_counted(tmp_path):
+    from mlx_opd.build.output import write_rows
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    rows = [{"image": f"images/{n}", "provenance": {"source_image": n}}
+            for n in ("a.png", "gone.png")]
+    counts = write_rows(tmp_path / "data", rows, tmp_path, 0.0, 0)
+    assert counts == {"train": 1, "heldout": 0, "lost": 1, "lost_images": ["gone.png"]}
+    assert (tmp_path / "data" / "images" / "a.png").is_file()
+    assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 1
+
+
 def test_mining_with_the_builder_itself_drops_items_with_no_gap(tmp_path, letter_models):
     from mlx_opd.build.pipeline import build_data
 

@@ -61,22 +61,29 @@ def training_row(it: dict, provenance: dict) -> dict:
 
 def write_rows(out: Path, rows: list[dict], images_dir: Path, share: float, seed: int) -> dict:
     """DATA/train.jsonl and DATA/heldout.jsonl (each written whole, then renamed) and the
-    rows' images under DATA/images. Returns the counts."""
-    split = {"train": [], "heldout": []}
+    rows' images under DATA/images. Returns the counts; a row whose photo is gone by now is
+    left out and counted (`lost`, with the first few names in `lost_images`)."""
+    split, lost = {"train": [], "heldout": []}, []
     for r in rows:
         src = r["provenance"]["source_image"]
-        split["heldout" if is_heldout(src, share, seed) else "train"].append(r)
         dest = out / r["image"]
         if not dest.exists():  # copied whole, then renamed: an interrupted copy is redone
+            if not (images_dir / src).is_file():
+                lost.append(src)
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.tmp")
             shutil.copy2(images_dir / src, tmp)
             os.replace(tmp, dest)
+        split["heldout" if is_heldout(src, share, seed) else "train"].append(r)
     for name, part in split.items():
         tmp = out / f".{name}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in part))
         os.replace(tmp, out / f"{name}.jsonl")
-    return {k: len(v) for k, v in split.items()}
+    counts = {k: len(v) for k, v in split.items()}
+    if lost:
+        counts.update(lost=len(lost), lost_images=sorted(set(lost))[:10])
+    return counts
 
 
 def _kinds(reasons) -> dict:
@@ -93,7 +100,8 @@ def report(images: dict, regions: dict, items: list[dict], counts: dict, seconds
 
     def gap_rows(sel):
         return [{"crop_agreement": it["consensus"]["agreement"],
-                 "full_acc": it["mining"]["full_acc"]} for it in sel]
+                 "full_acc": it["mining"]["full_acc"]} for it in sel
+                if it["mining"]["full_acc"] is not None]  # None: its photo was lost
 
     by_status = Counter(it["status"] for it in items)
     return {

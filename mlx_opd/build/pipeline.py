@@ -123,6 +123,20 @@ def stage_images(cfg: BuildConfig, out: Path, log) -> Store:
     return store
 
 
+def open_photo(folder: Path, rel: str, size) -> tuple:
+    """(the photo `rel`, "") or (None, why): gone or unreadable since the images stage, or
+    changed (another size: its boxes would point elsewhere). A photo lost mid-build drops
+    its items with that reason; it never stops the build (on a resume it stays dropped)."""
+    try:
+        im = open_rgb(folder / rel, rel)
+    except DataError as e:
+        return None, f"unreadable image: {e.what} (after the images stage)"
+    if size is not None and list(im.size) != list(size):
+        return None, (f"changed image: {im.size[0]}x{im.size[1]}, {size[0]}x{size[1]} at the "
+                      "images stage (build again with --force to use it)")
+    return im, ""
+
+
 def _region_dict(r: Region) -> dict:
     return {"label": r.label, "box": [round(v, 2) for v in r.box], "source": r.source,
             "score": r.score}
@@ -166,8 +180,12 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
 
         sam3 = load_sam3(cfg.detector_model)
     pixels = PixelConfig(max_pixels=cfg.max_pixels)
-    for chunk in _batches(todo, cfg.batch):
-        ims = [open_rgb(folder / r["id"], r["id"]) for r in chunk]
+    for batch in _batches(todo, cfg.batch):
+        opened = [(r, *open_photo(folder, r["id"], r["size"])) for r in batch]
+        lost = [{"id": r["id"], "size": None, "regions": [], "dropped": [], "problems": [why],
+                 "raw": ""} for r, im, why in opened if im is None]
+        chunk = [r for r, im, _ in opened if im is not None]
+        ims = [im for _, im, _ in opened if im is not None]
         proposed, problems, raws = [], [], []
         if coco is not None:
             for r, im in zip(chunk, ims):
@@ -181,7 +199,7 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
                 proposed.append(found)
                 problems.append(why or ([] if found else ["no boxes: not in --boxes"]))
                 raws.append("")
-        else:
+        elif ims:
             family = loaded.family
             prompts = [([im], listing_prompt(family, cfg.regions.max_per_image)) for im in ims]
             texts, sizes = ask.texts(loaded, prompts, cfg.list_tokens, pixels,
@@ -191,7 +209,7 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
                 proposed.append([Region(d.label, d.box, "model") for d in dets])
                 problems.append(why)
                 raws.append(text)
-        recs = []
+        recs = lost
         for r, im, regs, probs, raw in zip(chunk, ims, proposed, problems, raws):
             dropped = []
             if sam3 is not None and regs:
@@ -237,13 +255,19 @@ def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) ->
             store.add(recs)
             p.tick(len(store.records))
             continue
-        fulls = {rel: open_rgb(Path(cfg.images) / rel, rel) for _, rel, _, _ in chunk}
+        opened = {rel: open_photo(Path(cfg.images), rel, regions.records[rel]["size"])
+                  for _, rel, _, _ in chunk}
+        lost = [{"id": iid, "image": rel, "region": reg, "style": style_for(i, qc.styles),
+                 "raw": "", "keep": False, "reason": opened[rel][1], "check": ""}
+                for iid, rel, reg, i in chunk if opened[rel][0] is None]
+        chunk = [x for x in chunk if opened[x[1]][0] is not None]
+        fulls = {rel: im for rel, (im, _) in opened.items() if im is not None}
         crops = [crop_box(fulls[rel], reg["box"], cfg.views) for _, rel, reg, _ in chunk]
         styles = [style_for(i, qc.styles) for _, _, _, i in chunk]
         prompts = [([c], writing_prompt(reg["label"], s, qc.distractors))
                    for c, (_, _, reg, _), s in zip(crops, chunk, styles)]
-        written, _ = ask.texts(loaded, prompts, cfg.question_tokens, pixels)
-        recs, checks = [], []
+        written, _ = ask.texts(loaded, prompts, cfg.question_tokens, pixels) if prompts else ([], [])
+        recs, checks = lost, []
         for (iid, rel, reg, _), s, raw, crop in zip(chunk, styles, written, crops):
             q, why = parse_question(raw, s, qc.distractors)
             rec = {"id": iid, "image": rel, "region": reg, "style": s, "raw": raw[:1000],
@@ -256,7 +280,8 @@ def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) ->
                     boxed = draw_box(fulls[rel], reg["box"], cfg.views)
                     checks.append((rec, ([boxed, crop], validation_prompt(q.question, opts))))
             recs.append(rec)
-        verdicts, _ = ask.texts(loaded, [c for _, c in checks], cfg.question_tokens, pixels)
+        verdicts, _ = (ask.texts(loaded, [c for _, c in checks], cfg.question_tokens, pixels)
+                       if checks else ([], []))
         for (rec, _), text in zip(checks, verdicts):
             valid, why = parse_validation(text)
             rec["check"] = text[:500]
@@ -268,27 +293,42 @@ def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) ->
 
 
 def _answer_stage(cfg: BuildConfig, out: Path, stage: str, items: list[dict], loaded, view,
-                  n: int, temperature: float, score, log, full_image: bool = False) -> Store:
-    """Sample n answers per item under `view` and record `score(letters, item)`. A view of
-    the full image (`full_image`) shares each photo's vision features across its items."""
+                  n: int, temperature: float, score, lost: dict, log, sizes: dict,
+                  full_image: bool = False) -> Store:
+    """Sample n answers per item under `view` and record `score(letters, item)`; an item
+    whose photo is gone or changed (`sizes`: at the images stage) records `lost` and why. A
+    view of the full image (`full_image`) shares each photo's vision features across its
+    items."""
     store = Store(out, stage)
     todo = [q for q in items if q["id"] not in store]
     p = Progress(stage, len(items), "item", log, already=len(items) - len(todo))
     pixels = PixelConfig(max_pixels=cfg.max_pixels)
-    for chunk in _batches(todo, cfg.batch):
-        views = [view(_sample(cfg, q), cfg.views) for q in chunk]
-        keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
-        letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
-                                     [q["options"] for q in chunk], n, temperature, keys,
-                                     cfg.answer_tokens, pixels,
-                                     [q["image"] for q in chunk] if full_image else None)
-        store.add([{"id": q["id"], "letters": ls, "answers": [t[:40] for t in ts],
-                    **score(ls, q)} for q, ls, ts in zip(chunk, letters, texts)])
+    folder = Path(cfg.images)
+    for batch in _batches(todo, cfg.batch):
+        recs, chunk, views = [], [], []
+        for q in batch:
+            im, why = open_photo(folder, q["image"], sizes.get(q["image"]))
+            if im is None:
+                recs.append({"id": q["id"], "letters": [], "answers": [], **lost,
+                             "keep": False, "reason": why})
+            else:
+                chunk.append(q)
+                views.append(view(_sample(cfg, q), cfg.views))
+        if chunk:
+            keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
+            letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
+                                         [q["options"] for q in chunk], n, temperature, keys,
+                                         cfg.answer_tokens, pixels,
+                                         [q["image"] for q in chunk] if full_image else None)
+            recs += [{"id": q["id"], "letters": ls, "answers": [t[:40] for t in ts],
+                      **score(ls, q)} for q, ls, ts in zip(chunk, letters, texts)]
+        store.add(recs)
         p.tick(len(store.records))
     return store
 
 
-def stage_consensus(cfg: BuildConfig, out: Path, questions: Store, loaded, log) -> Store:
+def stage_consensus(cfg: BuildConfig, out: Path, questions: Store, loaded, log,
+                    sizes: dict) -> Store:
     from ..views import teacher_view
 
     cc = cfg.consensus
@@ -300,10 +340,12 @@ def stage_consensus(cfg: BuildConfig, out: Path, questions: Store, loaded, log) 
 
     items = [q for q in questions.records.values() if q["keep"]]
     return _answer_stage(cfg, out, "consensus", items, loaded, teacher_view, cc.k,
-                         cc.temperature, score, log)
+                         cc.temperature, score, {"majority": None, "agreement": None}, log,
+                         sizes)
 
 
-def stage_mining(cfg: BuildConfig, out: Path, items: list[dict], loaded, log) -> Store:
+def stage_mining(cfg: BuildConfig, out: Path, items: list[dict], loaded, log,
+                 sizes: dict) -> Store:
     from ..views import plain_view
 
     mc = cfg.mining
@@ -314,7 +356,7 @@ def stage_mining(cfg: BuildConfig, out: Path, items: list[dict], loaded, log) ->
 
     # batches follow the items' order, so one photo's items meet in one batch
     return _answer_stage(cfg, out, "mining", items, loaded, plain_view, mc.m, mc.temperature,
-                         score, log, full_image=True)
+                         score, {"full_acc": None}, log, sizes, full_image=True)
 
 
 def _load(path: str, adapter: str | None = None):
@@ -345,7 +387,8 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
     images = timed("images", stage_images, cfg, out, log)
     regions = timed("regions", stage_regions, cfg, out, images, loaded, log, coco=coco)
     questions = timed("questions", stage_questions, cfg, out, regions, loaded, log)
-    cons = timed("consensus", stage_consensus, cfg, out, questions, loaded, log)
+    sizes = {k: r["size"] for k, r in images.records.items()}
+    cons = timed("consensus", stage_consensus, cfg, out, questions, loaded, log, sizes)
     mining = None
     if cfg.mining.enabled:
         passed = [{**questions.records[i], "answer": questions.records[i]["answer"]
@@ -360,7 +403,7 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
             gc.collect()
             mx.clear_cache()
         miner = loaded if same else _load(cfg.miner, cfg.adapter)
-        mining = timed("mining", stage_mining, cfg, out, passed, miner, log).records
+        mining = timed("mining", stage_mining, cfg, out, passed, miner, log, sizes).records
     items = joined(questions.records, cons.records, mining)
     provenance = {"builder": cfg.model, "miner": cfg.miner if cfg.mining.enabled else None,
                   "adapter": cfg.adapter}
@@ -385,6 +428,9 @@ def summary_text(rep: dict, out: Path) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in list(s.get("dropped", {}).items())[:3])
         lines.append(f"  {name:<9} in {s.get('in', s.get('images'))}, out {s.get('out')}"
                      + (f" (dropped: {drops})" if drops else ""))
+    if rep["output"].get("lost"):
+        lines.append(f"  output    {rep['output']['lost']} kept item(s) left out: their photo "
+                     f"is gone ({', '.join(rep['output']['lost_images'][:3])})")
     g, d = st["mining"]["gap_kept"], st["mining"]["gap_dropped"]
     if g["n"] or d["n"]:
         fmt = lambda x: "-" if x["gap"] is None else f"{x['gap']:+.2f} (n {x['n']})"  # noqa: E731

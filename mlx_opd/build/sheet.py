@@ -33,7 +33,8 @@ def _answers(letters) -> str:
     return " ".join("?" if x is None else x for x in letters)
 
 
-def card(it: dict, full: Image.Image, boxed: Image.Image, crop: Image.Image) -> str:
+def card(it: dict, boxed: Image.Image | None, crop: Image.Image | None) -> str:
+    """One item's card; without images (None) when its photo is gone."""
     q, c, m = it["question_rec"], it["consensus"], it["mining"]
     e = html.escape
     opts = "".join(f"<li>{LETTERS[i]}. {e(str(o))}</li>" for i, o in enumerate(q.get("options") or []))
@@ -41,14 +42,15 @@ def card(it: dict, full: Image.Image, boxed: Image.Image, crop: Image.Image) -> 
     rows = [f"<b>{e(q.get('question') or '(no question)')}</b><ul class=o>{opts}</ul>",
             f"answer <b>{e(str(answer))}</b> &middot; {e(q['region']['label'])} &middot; "
             f"{e(q['style'])}"]
-    if c:
+    if c and c["agreement"] is not None:  # None: the photo was lost before the stage
         rows.append(f"crop: {_answers(c['letters'])} (agreement {c['agreement']:.2f})")
-    if m:
+    if m and m["full_acc"] is not None:
         rows.append(f"full: {_answers(m['letters'])} (accuracy {m['full_acc']:.2f})")
     verdict = "kept" if it["status"] == "kept" else f"{it['status']}: {it['reason']}"
     cls = "kept" if it["status"] == "kept" else "drop"
-    return (f'<div class="card {cls}"><div class=ims><img src="{_data_uri(boxed, 300)}">'
-            f'<img src="{_data_uri(crop, 150)}"></div><div class=t>{"<br>".join(rows)}'
+    ims = ("(photo lost)" if boxed is None else
+           f'<img src="{_data_uri(boxed, 300)}"><img src="{_data_uri(crop, 150)}">')
+    return (f'<div class="card {cls}"><div class=ims>{ims}</div><div class=t>{"<br>".join(rows)}'
             f'<div class=v>{e(verdict)}</div><div class=id>{e(q["id"])}</div></div></div>')
 
 
@@ -66,6 +68,7 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
                 per_section: int = PER_SECTION) -> Path:
     """The page, kept items first, then each stage's drops (the first `per_section` of
     each)."""
+    from ..errors import DataError
     from ..images import open_rgb
     from ..views import crop_box, draw_box
 
@@ -92,9 +95,13 @@ def write_sheet(path: Path, items: list[dict], report: dict, images_dir: Path, v
                      "<div class=grid>")
         for it in group[:per_section]:
             rel = it["question_rec"]["image"]
-            full = open_rgb(images_dir / rel, rel)  # one photo at a time: big photos add up
+            try:  # one photo at a time: big photos add up
+                full = open_rgb(images_dir / rel, rel)
+            except DataError:  # gone since (the item's reason says so)
+                parts.append(card(it, None, None))
+                continue
             box = it["question_rec"]["region"]["box"]
-            parts.append(card(it, full, draw_box(full, box, views), crop_box(full, box, views)))
+            parts.append(card(it, draw_box(full, box, views), crop_box(full, box, views)))
         parts.append("</div>")
     path.write_text("".join(parts))
     return path
