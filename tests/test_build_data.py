@@ -527,3 +527,46 @@ def test_items_of_one_photo_share_its_vision_features_exactly(loaded, family):
         assert x.token_ids == y.token_ids
         for lx, ly in zip(x.logprobs, y.logprobs):
             np.testing.assert_allclose(lx, ly, **FP32)
+
+
+def test_the_fixture_checker_finds_quotes_at_the_commit_and_reports_what_it_cannot(tmp_path):
+    """tests/fixtures/check_grounding_formats.py on a repository of ours: quotes found in a
+    notebook's cells and outputs, a changed quote and a word that must be absent caught."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location(
+        "check_grounding_formats", Path(__file__).parent / "fixtures" / "check_grounding_formats.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    check = checker.check
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    nb = {"cells": [{"source": ["Qwen2-VL using the relative\n", "coordinated"],
+                     "outputs": [{"text": ["```json\n", "[{\"bbox_2d\": [1, 2, 3, 4]}]\n",
+                                           "```"]}]}]}
+    (repo / "a.ipynb").write_text(json.dumps(nb))
+    (repo / "README.md").write_text("Qwen3.5 is a model.\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "x"], check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    src = {"repo": "o/r", "commit": commit, "path": "a.ipynb"}
+    fixture = {"families": {"f": {
+        "convention_source": {**src, "quote": "Qwen2-VL using the relative coordinated"},
+        "other_source": {**src, "quote": "Qwen2-VL using the absolute"},
+        "doc_source": {**src, "path": "README.md", "absent": ["bbox"]},
+        "bad_source": {**src, "path": "README.md", "absent": ["model"]},
+        "examples": [{"name": "e", "text": "```json\n[{\"bbox_2d\": [1, 2, 3, 4]}]\n```",
+                      "source": src},
+                     {"name": "elsewhere", "text": "x", "source": {"repo": "p/q", "path": "b"}}]}}}
+    ok, bad, skipped = check(fixture, {"o/r": str(repo / ".git")})
+    assert [x.split(":")[0] for x in ok] == ["f.convention_source", "f.doc_source",
+                                             "f.examples.e"]
+    assert [x.split(":")[0] for x in bad] == ["f.other_source", "f.bad_source"]
+    assert "not found: 'Qwen2-VL using the absolute'" in bad[0]
+    assert "present: 'model'" in bad[1]
+    assert skipped == ["f.examples.elsewhere: p/q b (no snapshot given)"]
