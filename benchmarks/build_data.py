@@ -64,7 +64,8 @@ def measure(replica: Path, photos: dict, work: Path, list_tokens: int, log) -> d
     items = [{**q, "answer": "A"} for q in Store(Path(cfg.out), "questions").records.values()]
     loaded = models.load(cfg.model)
     t0 = time.perf_counter()
-    stage_mining(cfg, Path(cfg.out), items, loaded, log)
+    sizes = {k: r["size"] for k, r in Store(Path(cfg.out), "images").records.items()}
+    stage_mining(cfg, Path(cfg.out), items, loaded, log, sizes)
     out["answers"]["seconds"]["mining"] = time.perf_counter() - t0
     out["answers"]["stages"]["mining"]["in"] = len(items)
     per = {"regions_per_image": out["listing"]["seconds"]["per_image"]["regions"],

@@ -3,6 +3,7 @@ answers, the filters, COCO conformance (pycocotools), resumption, and the pipeli
 to end through mlx-vlm's real loader on tiny models."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -416,18 +417,35 @@ def test_a_photo_lost_mid_build_drops_its_items_and_the_build_goes_on(tmp_path,
     assert rep["stages"]["regions"]["parse_problems"] == {"unreadable image": 1,
                                                           "changed image": 1}
     assert rep["output"]["train"] + rep["output"]["heldout"] == 2
-    assert "build-data: " in summary_text(rep, tmp_path / "data")
+    # and gone after mining, before the outputs (DATA's copy removed: it is copied again)
+    photos[2].unlink()
+    shutil.rmtree(tmp_path / "data" / "images")
+    rep = build_data(cfg, log=lambda m: None)
+    assert rep["stages"]["mining"]["out"] == 2  # mining kept it ...
+    assert rep["output"]["train"] + rep["output"]["heldout"] == 1  # ... the output could not
+    assert (rep["output"]["lost"], rep["output"]["lost_images"]) == (1, [photos[2].name])
+    assert "dropped: output (1)" in (tmp_path / "data" / "sheet.html").read_text()
+    assert "1 kept item(s) left out" in summary_text(rep, tmp_path / "data")
 
 
 def test_a_kept_row_whose_photo_is_gone_at_output_is_left_out_and_counted(tmp_path):
     from mlx_opd.build.output import write_rows
+    from mlx_opd.build.pipeline import open_photo
 
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
-    rows = [{"image": f"images/{n}", "provenance": {"source_image": n}}
-            for n in ("a.png", "gone.png")]
-    counts = write_rows(tmp_path / "data", rows, tmp_path, 0.0, 0)
-    assert counts == {"train": 1, "heldout": 0, "lost": 1, "lost_images": ["gone.png"]}
+    Image.new("RGB", (6, 4)).save(tmp_path / "changed.png")
+    sizes = {"a.png": [4, 4], "gone.png": [4, 4], "changed.png": [4, 4]}
+    rows = [{"id": f"{n}#0", "image": f"images/{n}", "provenance": {"source_image": n}}
+            for n in ("a.png", "gone.png", "changed.png")]
+    counts, lost = write_rows(tmp_path / "data", rows, tmp_path, 0.0, 0,
+                              lambda rel: open_photo(tmp_path, rel, sizes[rel])[1])
+    assert counts == {"train": 1, "heldout": 0, "lost": 2,
+                      "lost_images": ["changed.png", "gone.png"]}
+    assert sorted(lost) == ["changed.png#0", "gone.png#0"]
+    assert lost["gone.png#0"].startswith("unreadable image: image file not found")
+    assert lost["changed.png#0"].startswith("changed image: 6x4, 4x4 at the images stage")
     assert (tmp_path / "data" / "images" / "a.png").is_file()
+    assert not (tmp_path / "data" / "images" / "changed.png").exists()
     assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 1
 
 

@@ -59,18 +59,22 @@ def training_row(it: dict, provenance: dict) -> dict:
             "provenance": prov}
 
 
-def write_rows(out: Path, rows: list[dict], images_dir: Path, share: float, seed: int) -> dict:
+def write_rows(out: Path, rows: list[dict], images_dir: Path, share: float, seed: int,
+               problem=lambda rel: "") -> tuple[dict, dict]:
     """DATA/train.jsonl and DATA/heldout.jsonl (each written whole, then renamed) and the
-    rows' images under DATA/images. Returns the counts; a row whose photo is gone by now is
-    left out and counted (`lost`, with the first few names in `lost_images`)."""
-    split, lost = {"train": [], "heldout": []}, []
+    rows' images under DATA/images. `problem(source photo)` says why a photo can no longer
+    be used ("" when it can): such a row is left out. Returns the counts (`lost`, with the
+    first few photos in `lost_images`, when any row was left out) and {row id: why}."""
+    split, lost, photos = {"train": [], "heldout": []}, {}, {}
     for r in rows:
         src = r["provenance"]["source_image"]
+        if src not in photos:
+            photos[src] = problem(src)
+        if photos[src]:
+            lost[r["id"]] = photos[src]
+            continue
         dest = out / r["image"]
         if not dest.exists():  # copied whole, then renamed: an interrupted copy is redone
-            if not (images_dir / src).is_file():
-                lost.append(src)
-                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.tmp")
             shutil.copy2(images_dir / src, tmp)
@@ -82,8 +86,9 @@ def write_rows(out: Path, rows: list[dict], images_dir: Path, share: float, seed
         os.replace(tmp, out / f"{name}.jsonl")
     counts = {k: len(v) for k, v in split.items()}
     if lost:
-        counts.update(lost=len(lost), lost_images=sorted(set(lost))[:10])
-    return counts
+        counts.update(lost=len(lost),
+                      lost_images=sorted(k for k, why in photos.items() if why)[:10])
+    return counts, lost
 
 
 def _kinds(reasons) -> dict:
@@ -101,9 +106,12 @@ def report(images: dict, regions: dict, items: list[dict], counts: dict, seconds
     def gap_rows(sel):
         return [{"crop_agreement": it["consensus"]["agreement"],
                  "full_acc": it["mining"]["full_acc"]} for it in sel
-                if it["mining"]["full_acc"] is not None]  # None: its photo was lost
+                if it["mining"]["full_acc"] is not None  # None: its photo was lost
+                and it["consensus"]["agreement"] is not None]
 
     by_status = Counter(it["status"] for it in items)
+    # what mining kept, including rows whose photo was gone when the outputs were written
+    mined_kept = [it for it in mined if it["status"] in ("kept", "dropped: output")]
     return {
         "models": models,
         "stages": {
@@ -121,13 +129,12 @@ def report(images: dict, regions: dict, items: list[dict], counts: dict, seconds
                           "out": sum(it["consensus"]["keep"] for it in answered),
                           "dropped": _kinds(it["reason"] for it in items
                                             if it["status"] == "dropped: consensus")},
-            "mining": {"in": len(mined), "out": by_status["kept"] if mined else 0,
+            "mining": {"in": len(mined), "out": len(mined_kept),
                        "dropped": _kinds(it["reason"] for it in items
                                          if it["status"] == "dropped: mining"),
-                       "gap_kept": gap_summary(gap_rows(
-                           [it for it in mined if it["status"] == "kept"])),
+                       "gap_kept": gap_summary(gap_rows(mined_kept)),
                        "gap_dropped": gap_summary(gap_rows(
-                           [it for it in mined if it["status"] != "kept"]))},
+                           [it for it in mined if it not in mined_kept]))},
         },
         "output": counts,
         "seconds": seconds,

@@ -306,14 +306,21 @@ def _answer_stage(cfg: BuildConfig, out: Path, stage: str, items: list[dict], lo
     folder = Path(cfg.images)
     for batch in _batches(todo, cfg.batch):
         recs, chunk, views = [], [], []
+        checked = {rel: open_photo(folder, rel, sizes.get(rel))[1]
+                   for rel in {q["image"] for q in batch}}  # once per photo, not per item
         for q in batch:
-            im, why = open_photo(folder, q["image"], sizes.get(q["image"]))
-            if im is None:
+            why = checked[q["image"]]
+            if not why:
+                try:
+                    v = view(_sample(cfg, q), cfg.views)
+                except DataError as e:  # gone in between
+                    why = f"unreadable image: {e.what} (after the images stage)"
+            if why:
                 recs.append({"id": q["id"], "letters": [], "answers": [], **lost,
                              "keep": False, "reason": why})
             else:
                 chunk.append(q)
-                views.append(view(_sample(cfg, q), cfg.views))
+                views.append(v)
         if chunk:
             keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
             letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
@@ -408,7 +415,12 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
     provenance = {"builder": cfg.model, "miner": cfg.miner if cfg.mining.enabled else None,
                   "adapter": cfg.adapter}
     rows = [training_row(it, provenance) for it in items if it["status"] == "kept"]
-    counts = write_rows(out, rows, Path(cfg.images), cfg.heldout_share, cfg.seed)
+    folder = Path(cfg.images)
+    counts, lost = write_rows(out, rows, folder, cfg.heldout_share, cfg.seed,
+                              lambda rel: open_photo(folder, rel, sizes.get(rel))[1])
+    for it in items:
+        if it["question_rec"]["id"] in lost:
+            it.update(status="dropped: output", reason=lost[it["question_rec"]["id"]])
     n_img = max(1, sum(r["ok"] for r in images.records.values()))
     rep = report(images.records, regions.records, items, counts,
                  {**{k: round(v, 3) for k, v in seconds.items()},
@@ -430,7 +442,7 @@ def summary_text(rep: dict, out: Path) -> str:
                      + (f" (dropped: {drops})" if drops else ""))
     if rep["output"].get("lost"):
         lines.append(f"  output    {rep['output']['lost']} kept item(s) left out: their photo "
-                     f"is gone ({', '.join(rep['output']['lost_images'][:3])})")
+                     f"is gone or changed ({', '.join(rep['output']['lost_images'][:3])})")
     g, d = st["mining"]["gap_kept"], st["mining"]["gap_dropped"]
     if g["n"] or d["n"]:
         fmt = lambda x: "-" if x["gap"] is None else f"{x['gap']:+.2f} (n {x['n']})"  # noqa: E731
