@@ -588,3 +588,17 @@ def test_the_fixture_checker_finds_quotes_at_the_commit_and_reports_what_it_cann
     assert "not found: 'Qwen2-VL using the absolute'" in bad[0]
     assert "present: 'model'" in bad[1]
     assert skipped == ["f.examples.elsewhere: p/q b (no snapshot given)"]
+
+
+def test_coco_boxes_match_photos_by_path_else_by_a_name_unique_on_both_sides():
+    from mlx_opd.build.pipeline import coco_index
+
+    coco = {"a/x.jpg": ["ax"], "y.jpg": ["y"], "p/z.jpg": ["pz"], "q/z.jpg": ["qz"],
+            "w.jpg": ["w"]}
+    photos = ["a/x.jpg", "b/y.jpg", "c/z.jpg", "d/w.jpg", "e/w.jpg", "v.jpg"]
+    assert coco_index(coco, photos) == {
+        "a/x.jpg": ["ax"],  # by path
+        "b/y.jpg": ["y"],   # by name: one photo and one COCO image so named
+        # c/z.jpg: two COCO images named z.jpg; d/ and e/w.jpg: two photos named w.jpg
+    }
+    assert coco_index(coco, []) == {}

@@ -111,7 +111,8 @@ def report(images: dict, regions: dict, items: list[dict], counts: dict, seconds
 
     by_status = Counter(it["status"] for it in items)
     # what mining kept, including rows whose photo was gone when the outputs were written
-    mined_kept = [it for it in mined if it["status"] in ("kept", "dropped: output")]
+    kept_by_mining = ("kept", "dropped: output")
+    mined_kept = [it for it in mined if it["status"] in kept_by_mining]
     return {
         "models": models,
         "stages": {
@@ -134,7 +135,7 @@ def report(images: dict, regions: dict, items: list[dict], counts: dict, seconds
                                          if it["status"] == "dropped: mining"),
                        "gap_kept": gap_summary(gap_rows(mined_kept)),
                        "gap_dropped": gap_summary(gap_rows(
-                           [it for it in mined if it not in mined_kept]))},
+                           [it for it in mined if it["status"] not in kept_by_mining]))},
         },
         "output": counts,
         "seconds": seconds,

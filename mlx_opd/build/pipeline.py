@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from ..config import PixelConfig
@@ -100,10 +101,11 @@ def _batches(items: list, n: int):
         yield items[i:i + n]
 
 
-def stage_images(cfg: BuildConfig, out: Path, log) -> Store:
+def stage_images(cfg: BuildConfig, out: Path, log, found: list[str]) -> Store:
+    """`found`: list_images of --images."""
     store = Store(out, "images")
     folder = Path(cfg.images)
-    todo = [r for r in list_images(folder, cfg.limit, out) if r not in store]
+    todo = [r for r in found if r not in store]
     p = Progress("images", len(todo) + len(store.records), "image", log,
                  already=len(store.records))
     for chunk in _batches(todo, 64):
@@ -142,21 +144,26 @@ def _region_dict(r: Region) -> dict:
             "score": r.score}
 
 
-def _coco_lookup(coco: dict, rel: str, photos: list[str]) -> list[Region] | None:
-    """The COCO boxes of photo `rel`: by its path under --images, else by its file name
-    when that name is unique among both the photos and the COCO images."""
-    if rel in coco:
-        return coco[rel]
-    base = Path(rel).name
-    if sum(Path(p).name == base for p in photos) != 1:
-        return None
-    hits = [v for k, v in coco.items() if Path(k).name == base]
-    return hits[0] if len(hits) == 1 else None
+def coco_index(coco: dict, photos: list[str]) -> dict[str, list[Region]]:
+    """Photo -> its COCO boxes: by its path under --images, else by its file name when that
+    name is unique among both the photos and the COCO images."""
+    photo_names = Counter(Path(p).name for p in photos)
+    by_name: dict[str, list] = {}
+    for k, v in coco.items():
+        by_name.setdefault(Path(k).name, []).append(v)
+    index = {}
+    for p in photos:
+        name = Path(p).name
+        if p in coco:
+            index[p] = coco[p]
+        elif photo_names[name] == 1 and len(by_name.get(name, ())) == 1:
+            index[p] = by_name[name][0]
+    return index
 
 
-def _coco_check(coco: dict, photos: list[str], path: str) -> None:
+def _coco_check(coco: dict, index: dict, photos: list[str], path: str) -> None:
     """Refuse a COCO file that names none of the photos (before any model runs)."""
-    if photos and not any(_coco_lookup(coco, p, photos) is not None for p in photos):
+    if photos and not index:
         names = ", ".join(list(coco)[:3])
         raise DataError(f"no photo under --images is named in --boxes (it names {names}, "
                         f"...; the photos are {', '.join(photos[:3])}, ...)", path,
@@ -172,8 +179,9 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
     todo = [r for r in ok if r["id"] not in store]
     p = Progress("regions", len(ok), "image", log, already=len(ok) - len(todo))
     photos = sorted(images.records)
+    index = coco_index(coco, photos) if coco is not None else {}
     if coco is not None:
-        _coco_check(coco, photos, cfg.boxes)
+        _coco_check(coco, index, photos, cfg.boxes)
     sam3 = None
     if cfg.detector == "sam3":
         from .detector import load_sam3
@@ -190,7 +198,7 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
         if coco is not None:
             for r, im in zip(chunk, ims):
                 found, why = [], []
-                for reg in _coco_lookup(coco, r["id"], photos) or []:
+                for reg in index.get(r["id"], []):
                     box, bad = check_box(reg.box, im.size)
                     if bad:
                         why.append(f"{bad} ({reg.label!r}, --boxes)")
@@ -227,8 +235,10 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
     return store
 
 
-def _sample(cfg: BuildConfig, q: dict) -> Sample:
-    return Sample(image=Path(cfg.images) / q["image"], question=q["question"],
+def _sample(cfg: BuildConfig, q: dict, image=None) -> Sample:
+    """Item `q` as a Sample; `image`: its photo, already opened (else read from its path)."""
+    return Sample(image=Path(cfg.images) / q["image"] if image is None else image,
+                  question=q["question"],
                   box=tuple(q["region"]["box"]), options=tuple(q["options"]),
                   answer=q.get("answer"), id=q["id"], where=q["id"])
 
@@ -266,7 +276,7 @@ def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) ->
         styles = [style_for(i, qc.styles) for _, _, _, i in chunk]
         prompts = [([c], writing_prompt(reg["label"], s, qc.distractors))
                    for c, (_, _, reg, _), s in zip(crops, chunk, styles)]
-        written, _ = ask.texts(loaded, prompts, cfg.question_tokens, pixels) if prompts else ([], [])
+        written, _ = ask.texts(loaded, prompts, cfg.question_tokens, pixels)
         recs, checks = lost, []
         for (iid, rel, reg, _), s, raw, crop in zip(chunk, styles, written, crops):
             q, why = parse_question(raw, s, qc.distractors)
@@ -280,8 +290,7 @@ def stage_questions(cfg: BuildConfig, out: Path, regions: Store, loaded, log) ->
                     boxed = draw_box(fulls[rel], reg["box"], cfg.views)
                     checks.append((rec, ([boxed, crop], validation_prompt(q.question, opts))))
             recs.append(rec)
-        verdicts, _ = (ask.texts(loaded, [c for _, c in checks], cfg.question_tokens, pixels)
-                       if checks else ([], []))
+        verdicts, _ = ask.texts(loaded, [c for _, c in checks], cfg.question_tokens, pixels)
         for (rec, _), text in zip(checks, verdicts):
             valid, why = parse_validation(text)
             rec["check"] = text[:500]
@@ -306,29 +315,23 @@ def _answer_stage(cfg: BuildConfig, out: Path, stage: str, items: list[dict], lo
     folder = Path(cfg.images)
     for batch in _batches(todo, cfg.batch):
         recs, chunk, views = [], [], []
-        checked = {rel: open_photo(folder, rel, sizes.get(rel))[1]
-                   for rel in {q["image"] for q in batch}}  # once per photo, not per item
+        opened = {rel: open_photo(folder, rel, sizes.get(rel))
+                  for rel in {q["image"] for q in batch}}  # once per photo, not per item
         for q in batch:
-            why = checked[q["image"]]
-            if not why:
-                try:
-                    v = view(_sample(cfg, q), cfg.views)
-                except DataError as e:  # gone in between
-                    why = f"unreadable image: {e.what} (after the images stage)"
-            if why:
+            im, why = opened[q["image"]]
+            if im is None:
                 recs.append({"id": q["id"], "letters": [], "answers": [], **lost,
                              "keep": False, "reason": why})
             else:
                 chunk.append(q)
-                views.append(v)
-        if chunk:
-            keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
-            letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
-                                         [q["options"] for q in chunk], n, temperature, keys,
-                                         cfg.answer_tokens, pixels,
-                                         [q["image"] for q in chunk] if full_image else None)
-            recs += [{"id": q["id"], "letters": ls, "answers": [t[:40] for t in ts],
-                      **score(ls, q)} for q, ls, ts in zip(chunk, letters, texts)]
+                views.append(view(_sample(cfg, q, im), cfg.views))
+        keys = [ask.item_key(cfg.seed, stage, q["id"]) for q in chunk]
+        letters, texts = ask.letters(loaded, [(v.images, v.text) for v in views],
+                                     [q["options"] for q in chunk], n, temperature, keys,
+                                     cfg.answer_tokens, pixels,
+                                     [q["image"] for q in chunk] if full_image else None)
+        recs += [{"id": q["id"], "letters": ls, "answers": [t[:40] for t in ts],
+                  **score(ls, q)} for q, ls, ts in zip(chunk, letters, texts)]
         store.add(recs)
         p.tick(len(store.records))
     return store
@@ -378,7 +381,7 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
     from .sheet import write_sheet
 
     check_paths(cfg)
-    list_images(Path(cfg.images), cfg.limit, Path(cfg.out))  # inputs first: a typo ...
+    found = list_images(Path(cfg.images), cfg.limit, Path(cfg.out))  # inputs first: a typo ...
     coco = read_coco(cfg.boxes) if cfg.boxes else None
     loaded = _load(cfg.model)  # ... never leaves DATA claimed with the wrong settings
     family = loaded.family
@@ -391,7 +394,7 @@ def build_data(cfg: BuildConfig, force: bool = False, log=stderr_log) -> dict:
         seconds[name] = time.perf_counter() - t0
         return result
 
-    images = timed("images", stage_images, cfg, out, log)
+    images = timed("images", stage_images, cfg, out, log, found)
     regions = timed("regions", stage_regions, cfg, out, images, loaded, log, coco=coco)
     questions = timed("questions", stage_questions, cfg, out, regions, loaded, log)
     sizes = {k: r["size"] for k, r in images.records.items()}
