@@ -34,7 +34,7 @@ import mlx_opd  # noqa: F401  (first: preloads the BLAS)
 from mlx_opd import demo, models
 from mlx_opd.build import ask
 from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
-from mlx_opd.build.mining import precision_recall
+from mlx_opd.build.mining import mine, precision_recall
 from mlx_opd.build.pipeline import build_data
 from mlx_opd.build.store import Store
 from mlx_opd.config import COLOURS, PixelConfig
@@ -69,8 +69,7 @@ def truth_labels(cfg: BuildConfig, data: Path, truth: dict, n: int, log) -> dict
                              cfg.answer_tokens, pixels)
         for j, ls, g in zip(chunk, fresh, top):
             crop_right = cons[j]["majority"] == truth[j]
-            acc = sum(x == truth[j] for x in ls) / n
-            sampled.append(crop_right and acc < cfg.mining.max_full_acc)
+            sampled.append(crop_right and mine(ls, truth[j], cfg.mining.max_full_acc).keep)
             greedy.append(crop_right and g[0] != truth[j])
             pred.append(bool(cons[j]["keep"] and mined.get(j, {}).get("keep", False)))
         log(f"truth: {min(i + cfg.batch, len(ids))}/{len(ids)} items")
