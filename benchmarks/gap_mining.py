@@ -176,7 +176,15 @@ def main():
     ap.add_argument("--plot", metavar="JSON", help="Only draw JSON's curves (beside it, .png).")
     a = ap.parse_args()
     if a.plot:
-        print(plot_curves(json.loads(Path(a.plot).read_text()), Path(a.plot).with_suffix(".png")))
+        try:
+            result = json.loads(Path(a.plot).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            ap.error(f"--plot {a.plot}: cannot read it as JSON ({e})")
+        runs = result.get("train") or {}
+        if not runs or not all("curve" in r for r in runs.values()):
+            ap.error(f"--plot {a.plot}: no learning curves in it (files written before "
+                     "--eval-every have end points only)")
+        print(plot_curves(result, Path(a.plot).with_suffix(".png")))
         return
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
