@@ -66,10 +66,12 @@ class _Chained(io.RawIOBase):
 
 
 def extract(root: Path, on_progress: Callable[[int, int], None] | None = None,
-            remove: bool = False) -> int:
+            remove: bool = False, kept: list | None = None) -> int:
     """Extract every archive group under `root` into its own folder; returns the number
     of files written. `on_progress(done_bytes, total_bytes)` is called as it reads.
-    Member paths that would leave the folder are refused (tarfile's data filter)."""
+    Member paths that would leave the folder are refused (tarfile's data filter). A file
+    already there is never overwritten: it is left as it is and listed in `kept` (an
+    earlier extraction's, or the user's own)."""
     groups = archive_groups(root)
     if not groups:
         raise DataError("no image archives to extract", str(root),
@@ -88,6 +90,10 @@ def extract(root: Path, on_progress: Callable[[int, int], None] | None = None,
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
+                    if member.isfile() and (folder / member.name).exists():
+                        if kept is not None:
+                            kept.append(folder / member.name)
+                        continue
                     tar.extract(member, folder, filter="data")
                     files += member.isfile()
         except (tarfile.TarError, OSError, EOFError) as e:

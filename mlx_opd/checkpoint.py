@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .files import write_dir_atomically
+from .files import remove_own, write_dir_atomically
 
 _NAME = re.compile(r"^step_(\d{6,})$")
 
@@ -49,7 +48,7 @@ def save(run_dir: Path, step: int, adapters: dict, adapter_config: dict, teacher
 
     write_dir_atomically(dest, write, kind="checkpoint")
     for old in complete(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_own(old)  # moved aside instead if anything but the checkpoint is in it
     return dest
 
 

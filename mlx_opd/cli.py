@@ -36,8 +36,17 @@ def eta_progress(what: str):
     return show
 
 
+class UserError(click.ClickException):
+    """A user's input that cannot be used: one line (what, where, how to fix), exit 2
+    (as click's own usage errors)."""
+
+    exit_code = 2
+
+
 def _fail(e: Exception) -> None:
-    raise click.ClickException(str(e))
+    if isinstance(e, click.ClickException):  # click's usage errors: exit 2 already
+        raise e
+    raise UserError(" ".join(part.strip() for part in str(e).splitlines() if part.strip()))
 
 
 def _adapter(path):
@@ -130,6 +139,29 @@ def _run_config(path):
         _fail(e)
 
 
+def _views_of(run_config, adapter):
+    """The training config whose views and pixels eval/compare use: --config when given,
+    else the run an --adapter RUN_DIR (or an adapter inside one) came from, said so."""
+    if run_config:
+        return _run_config(run_config)
+    if not adapter:
+        return None
+    p = Path(adapter).resolve()
+    for run in (p, p.parent, p.parent.parent):  # RUN_DIR, RUN_DIR/adapters, .../best
+        if (run / "config.yaml").is_file() and (run / "adapters").is_dir():
+            click.echo(f"views and pixel settings from {run / 'config.yaml'} (the adapter's "
+                       "run); flags given here override them", err=True)
+            return _run_config(str(run))
+    return None
+
+
+def _split_options(options) -> list[str] | None:
+    """--options repeated, or once with commas (as build-data takes them)."""
+    if len(options) == 1 and "," in options[0]:
+        options = [o.strip() for o in options[0].split(",")]
+    return [o for o in options if o] or None
+
+
 def config_option(f):
     return click.option("--config", "run_config", type=click.Path(exists=True),
                         help="A training config (YAML) or RUN_DIR: use its views and pixel "
@@ -198,7 +230,8 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
                    "(--teacher-view crops); none with box-free views (--teacher-view clean).")
 @click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
               show_default=True)
-@click.option("--options", multiple=True, help="A multiple-choice option; repeat per option.")
+@click.option("--options", multiple=True,
+              help="Multiple-choice options: repeat per option, or once comma-separated.")
 @click.option("--max-tokens", type=int, default=32, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @config_option
@@ -220,12 +253,12 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
             boxes.append([float(v) for v in one.split(",")])
         except ValueError:
             _fail(ValueError(f"--box {one!r}: expected four comma-separated numbers x1,y1,x2,y2"))
-    run = _run_config(run_config)
+    run = _views_of(run_config, adapter)
     pixels = _pixels(kw, run.pixels if run else None)
     view_cfg = _view_cfg(kw, run.views if run else None)
     row = {"image": str(Path(image).resolve()), "question": question,
            **({"box": boxes[0]} if len(boxes) == 1 else {"boxes": boxes} if boxes else {}),
-           "box_format": box_format, "options": list(options) or None}
+           "box_format": box_format, "options": _split_options(options)}
     try:
         sample = make_sample(row, Path.cwd(), "--image/--box", need_boxes=view_cfg.needs_boxes())
         loaded = models.load(model, _adapter(adapter))
@@ -234,6 +267,9 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
         _fail(e)
     click.echo(format_table(result))
     if json_out:
+        from .files import keep_old_files
+
+        keep_old_files([json_out])
         Path(json_out).write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_out}")
 
@@ -246,28 +282,33 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
               show_default=True, help="Box format of rows that do not declare one.")
 @click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
               show_default=True)
+@click.option("--force", is_flag=True, help="Replace an --out that an earlier `views` wrote.")
 @view_options
-def views(data, out, limit, box_format, on_bad_sample, **kw):
+def views(data, out, limit, box_format, on_bad_sample, force, **kw):
     """Write the plain, student and teacher views of some samples as PNGs."""
     from .config import DataConfig
     from .data import read_samples
     from .errors import DataError
+    from .files import OutputExistsError, claim_output, write_dir_atomically
     from .views import all_views
 
     view_cfg = _view_cfg(kw)
-    try:
-        samples, report = read_samples(DataConfig(path=data, box_format=box_format,
-                                                  on_bad_sample=on_bad_sample, limit=limit),
-                                       view_cfg.needs_boxes())
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
         for i, s in enumerate(samples):
             for name, v in all_views(s, view_cfg).items():
                 for j, im in enumerate(v.images):  # a crops teacher: _teacher_1, _teacher_2
                     suffix = f"_{j + 1}" if len(v.images) > 1 else ""
-                    im.save(out_dir / f"{i:04d}_{name}{suffix}.png")
-                (out_dir / f"{i:04d}_{name}.txt").write_text(v.text + "\n")
-    except DataError as e:
+                    im.save(tmp / f"{i:04d}_{name}{suffix}.png")
+                (tmp / f"{i:04d}_{name}.txt").write_text(v.text + "\n")
+    try:
+        out_dir = Path(out)
+        claim_output(out_dir, force)
+        samples, report = read_samples(DataConfig(path=data, box_format=box_format,
+                                                  on_bad_sample=on_bad_sample, limit=limit),
+                                       view_cfg.needs_boxes())
+        write_dir_atomically(out_dir, write, kind="views")
+    except (DataError, OutputExistsError) as e:
         _fail(e)
     click.echo(f"{report.summary()}; wrote views to {out_dir}")
     for msg in report.skipped[:20]:
@@ -309,26 +350,32 @@ def _parse_set(values) -> dict:
                    "peak exceeds it stops before loading weights, with advice.")
 @click.option("--skip-memory-check", is_flag=True,
               help="Start even when `plan` predicts the run cannot fit.")
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=None,
+              help="A bad data row stops the run (error, the default) or is skipped and "
+                   "counted (skip); data.on_bad_sample.")
 def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, force,
-          distributed, memory_gb, skip_memory_check):
+          distributed, memory_gb, skip_memory_check, on_bad_sample):
     """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
     checkpoints/, adapters/ and config.yaml."""
     from .config import ConfigError, load_train_config
     from .data import DataError
     from .distributed import DistributedError
-    from .trainer import TrainingStopped, resume_config
+    from .files import OutputExistsError
+    from .resume import resume_config
+    from .trainer import TrainingStopped
     from .trainer import train as run_train
 
     overrides = _parse_set(sets)
     for key, value in (("model.path", model), ("data.path", data), ("run.out", out),
                        ("optim.max_steps", max_steps), ("run.save_every", save_every),
-                       ("run.seed", seed), ("run.distributed", distributed or None)):
+                       ("run.seed", seed), ("run.distributed", distributed or None),
+                       ("data.on_bad_sample", on_bad_sample)):
         if value is not None:
             overrides[key] = value
     try:
         if resume_dir:
             overrides.setdefault("run.out", resume_dir)
-            cfg = resume_config(resume_dir, overrides)
+            cfg = resume_config(resume_dir, overrides, config)
         else:
             cfg = load_train_config(config, overrides)
         if not cfg.model.path or not cfg.data.path:
@@ -339,8 +386,8 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
         if not skip_memory_check:
             _memory_check(cfg, memory_gb)
         run_train(cfg, resume=bool(resume_dir), force=force)
-    except (ConfigError, DataError, DistributedError, FileNotFoundError, TrainingStopped,
-            ValueError) as e:
+    except (ConfigError, DataError, DistributedError, FileNotFoundError, OutputExistsError,
+            TrainingStopped, ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -348,10 +395,14 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
 
 def _memory_check(cfg, memory_gb):
     """Stop before any weights are loaded when the run clearly cannot fit (plan.py)."""
+    from .config import ConfigError
+    from .errors import DataError
     from .plan import format_plan, plan
 
     try:
         p = plan(cfg, memory_gb=memory_gb)
+    except (ConfigError, DataError, FileNotFoundError):
+        return  # the run's own start says what is wrong with its inputs, once
     except Exception as e:  # a plan that cannot be made never blocks training
         click.echo(f"memory check skipped: {type(e).__name__}: {e}", err=True)
         return
@@ -375,7 +426,9 @@ def _memory_check(cfg, memory_gb):
 @click.option("--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               show_default=True, help="Plan for this backend (gpu = Metal: bf16, fused attention).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the plan as JSON.")
-def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out):
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=None,
+              help="data.on_bad_sample for the rows read.")
+def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out, on_bad_sample):
     """Predict, before loading any weights, the peak memory of each phase of a training
     step and whether it fits; if not, which settings bring it under."""
     from .config import ConfigError, load_train_config
@@ -383,7 +436,8 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out):
     from .plan import format_plan, plan
 
     overrides = _parse_set(sets)
-    for key, value in (("model.path", model), ("data.path", data)):
+    for key, value in (("model.path", model), ("data.path", data),
+                       ("data.on_bad_sample", on_bad_sample)):
         if value is not None:
             overrides[key] = value
     try:
@@ -397,7 +451,10 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out):
         _fail(e)
     click.echo(format_plan(p))
     if json_out:
+        from .files import keep_old_files
+
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        keep_old_files([json_out])
         Path(json_out).write_text(json.dumps(p, indent=2))
         click.echo(f"wrote {json_out}")
 
@@ -447,6 +504,11 @@ def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize,
     except (ex.ExportError, FileNotFoundError) as e:
         _fail(e)
     click.echo(f"wrote {fmt} export to {path}")
+    if fmt == "peft":
+        click.echo(f"next: on the PyTorch side, PeftModel.from_pretrained(base, '{path}') "
+                   "with the Hugging Face original of --model as base")
+    else:  # a whole model: evaluate it as it is
+        click.echo(f"next: mlx-opd eval --model {path} --data HELDOUT.jsonl --out {path}-eval.json")
 
 
 @main.command("export-data")
@@ -471,13 +533,13 @@ def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, 
     (Vision-OPD as they ran it) or ms-swift (on-policy self-distillation, frozen teacher)."""
     from .config import ConfigError, load_train_config
     from .data import DataError, read_samples
+    from .files import OutputExistsError, check_replaceable
     from .swift import SwiftExportError, export_swift
     from .verl import VerlExportError, export_verl
 
     try:
         cfg = load_train_config(config, {"data.path": data, "data.on_bad_sample": on_bad_sample})
-        if Path(out).exists() and any(Path(out).iterdir()) and not force:
-            raise ConfigError(f"{out} exists and is not empty; pass --force to replace it")
+        check_replaceable(Path(out), force)
         if like and fmt != "verl":
             raise ConfigError("--like casts to a parquet schema: it applies to --format verl")
         samples, report = read_samples(cfg.data, cfg.views.needs_boxes())
@@ -489,11 +551,14 @@ def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, 
         else:
             path = export_swift(samples, cfg, Path(out), base, image_root)
             files = "train.jsonl and run_swift_opsd.sh"
-    except (ConfigError, DataError, VerlExportError, SwiftExportError) as e:
+    except (ConfigError, DataError, OutputExistsError, VerlExportError, SwiftExportError) as e:
         _fail(e)
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)} rows; first: {report.skipped[0]}", err=True)
     click.echo(f"{report.summary()}; wrote {path}/{files}")
+    script = "run_vision_opd.sh" if fmt == "verl" else "run_swift_opsd.sh"
+    click.echo(f"next: on the GPU machine, bash {Path(path) / script} (its header names the "
+               "variables to set; docs/scale-up.md)")
 
 
 @main.command("extract-data")
@@ -519,12 +584,15 @@ def extract_data(dataset, remove):
         click.echo(f"extract {done / 2**30:.2f}/{total / 2**30:.2f} GiB | "
                    f"{rate / 2**20:.0f} MiB/s | ETA {format_eta((total - done) / max(rate, 1))}",
                    err=True)
+    kept: list = []
     try:
-        n = extract(Path(dataset), show, remove=remove)
+        n = extract(Path(dataset), show, remove=remove, kept=kept)
     except DataError as e:
         _fail(e)
-    click.echo(f"extracted {n} files in {time.time() - start:.0f} s; "
-               f"next: mlx-opd train --data {dataset} --model M")
+    click.echo(f"extracted {n} files in {time.time() - start:.0f} s"
+               + (f"; {len(kept)} already there were left as they are (first: {kept[0]})"
+                  if kept else ""))
+    click.echo(f"next: mlx-opd train --data {dataset} --model MODEL")
 
 
 @main.command()
@@ -611,7 +679,7 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
     _offline_if_local(model)
     import dataclasses
 
-    run = _run_config(run_config)
+    run = _views_of(run_config, adapter)
     pixels = _pixels(kw, run.pixels if run else None)
     view_cfg = _view_cfg(kw, run.views if run else None)
     if benchmark:
@@ -639,11 +707,24 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
                                  progress=eta_progress("eval"))
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
+    from .files import keep_old_files
+
     summary = {"model": model, "adapter": adapter, "data": data,
                "skipped_bad_samples": len(report.skipped), **summary}
-    write(summary, rows, Path(out))
+    out = Path(out)
+    keep_old_files([out.with_suffix(s) for s in (".json", ".jsonl", ".png")]
+                   if out.suffix == ".json" else [out, out.with_suffix(".jsonl"),
+                                                  out.with_suffix(".png")])
+    write(summary, rows, out)
     click.echo("\n" + json.dumps(summary, indent=2))
-    click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}")
+    click.echo(f"wrote {out}, {out.with_suffix('.jsonl')}, {out.with_suffix('.png')}")
+    if adapter:
+        click.echo(f"next: mlx-opd eval --compare BEFORE.json {out}\n"
+                   "  (BEFORE.json: this command without --adapter, with --out BEFORE.json)")
+    else:
+        click.echo(f"next: mlx-opd eval --compare {out} AFTER.json\n"
+                   "  (AFTER.json: this command again with --adapter RUN_DIR and --out "
+                   "AFTER.json)")
 
 
 def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_tokens,
@@ -808,9 +889,9 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
             run_views(out, quick=quick, cache=cache, seeds=chosen or (0,), log=log)
         else:
             summary = run_demo(out, quick=quick, cache=cache, log=log, seed=seed)
-            if check and summary["missed_targets"]:
-                _fail(RuntimeError("the demo missed its targets: "
-                                   + "; ".join(summary["missed_targets"])))
+            if check and summary["missed_targets"]:  # status 1: a result, not a user error
+                raise click.ClickException("the demo missed its targets: "
+                                           + "; ".join(summary["missed_targets"]))
     except (FileExistsError, RuntimeError) as e:
         _fail(e)
 

@@ -485,7 +485,8 @@ def build(cls, values: dict, where: str, prefix: str = "", overridden=frozenset(
     import dataclasses
 
     def loc(dotted: str) -> str:
-        return f"--set {dotted}" if dotted in overridden else where
+        given = [d for d in overridden if d == dotted or d.startswith(dotted + ".")]
+        return f"--set {given[0]}" if given else where
 
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {prefix or 'config'}: expected a mapping of keys, got "
@@ -592,8 +593,11 @@ def load_train_config(path: str | None, overrides: dict | None = None) -> TrainC
             mark = getattr(e, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if isinstance(values, dict):
-            values = resolve_paths(values, Path(path).resolve().parent)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys (model:, data:, "
+                              f"optim:, ...), got a {type(values).__name__}; see "
+                              "examples/tiny.yaml")
+        values = resolve_paths(values, Path(path).resolve().parent)
     overrides = {d: resolve_path_value(d, v, Path.cwd()) if d in PATH_KEYS + MODEL_KEYS else v
                  for d, v in (overrides or {}).items()}
     values = apply_overrides(values, overrides)

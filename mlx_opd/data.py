@@ -307,21 +307,30 @@ def make_vision_opd_sample(row: dict, base: Path, where: str) -> Sample:
                   boxed_image=True, clean_image=clean or None)
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as f:
+def jsonl_rows(path: Path, on_error=None) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each JSON object line of `path`. A line that is not one raises a
+    DataError naming it, or with `on_error` is handed to it and passed over."""
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{n}"
             try:
                 row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise DataError("line is not a JSON object", where,
+                                    "each line must be one JSON object")
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", where,
-                                "each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError("line is not a JSON object", where,
+                err = DataError(f"invalid JSON ({e.msg} at column {e.colno})", where,
                                 "each line must be one JSON object")
-            yield where, row
+            except DataError as e:
+                err = e
+            else:
+                yield where, row
+                continue
+            if on_error is None:
+                raise err
+            on_error(err)
 
 
 PARQUET_MAGIC = b"PAR1"
@@ -411,6 +420,17 @@ def _check_extracted(row: dict, base: Path, where: str) -> None:
                                 f"extract them once: {extract_hint(base)}")
 
 
+SKIP_HINT = "or skip and count such rows with --on-bad-sample skip"
+
+
+def with_skip_hint(e: DataError) -> DataError:
+    """A bad row's error, saying that such rows can be skipped (every command that reads
+    data has the flag)."""
+    if SKIP_HINT in e.fix:
+        return e
+    return DataError(e.what, e.where, f"{e.fix}; {SKIP_HINT}" if e.fix else SKIP_HINT)
+
+
 def read_samples(cfg: DataConfig, need_boxes: bool = True) -> tuple[list[Sample], ReadReport]:
     """Read and validate all samples of `cfg.path`. Raises DataError on the first bad row
     (on_bad_sample=error) or skips and counts it (skip); an empty result is an error.
@@ -427,8 +447,13 @@ def read_samples(cfg: DataConfig, need_boxes: bool = True) -> tuple[list[Sample]
         raise DataError(f"data.format is {fmt} but the file is {found}", str(path),
                         "drop data.format (auto tells them apart by their content)")
     base = path.parent if path.is_file() else path
-    rows = jsonl_rows(path) if fmt == "jsonl" else _table_rows(path)
     report, out = ReadReport(), []
+
+    def bad_line(e: DataError) -> None:
+        if cfg.on_bad_sample == "error":
+            raise with_skip_hint(e)
+        report.skipped.append(str(e))
+    rows = jsonl_rows(path, bad_line) if fmt == "jsonl" else _table_rows(path)
     cols = dict(cfg.columns)
     first = True
     for where, row in rows:
@@ -447,7 +472,7 @@ def read_samples(cfg: DataConfig, need_boxes: bool = True) -> tuple[list[Sample]
                 s = make_sample(row, base, where, cfg.box_format, need_boxes)
         except DataError as e:
             if cfg.on_bad_sample == "error":
-                raise
+                raise with_skip_hint(e) from None
             report.skipped.append(str(e))
             continue
         out.append(s)

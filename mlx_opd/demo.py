@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import DegradeConfig, PixelConfig, SynthConfig, ViewConfig
+from .files import keep_edited, remove_own, seal
 
 SFT_SEED_OFFSET = 7_000_001  # the base's own scenes: disjoint from train / held-out
 CAL_SEED_OFFSET = 8_000_009  # the base's calibration scenes: disjoint from all others
@@ -395,6 +396,9 @@ def summary_plot(history: list[dict], points: list[dict], path: Path) -> Path:
     return path
 
 
+SUMMARY_FILES = ("summary.json", "summary.png")  # the demo's own files at the top of OUT
+
+
 def claim_output(out: Path, log) -> Path:
     """`out`, created and marked; an earlier demo's results there are replaced (said so),
     anything else refused."""
@@ -453,7 +457,7 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
         f"validation every {r.eval_every} steps on {r.val_scenes} other scenes keeps the best "
         f"adapter among the steps whose crop view held (within {r.max_crop_drop})")
     run_dir = out / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # the earlier demo's own run (announced above)
+    remove_own(run_dir, log)  # the earlier demo's run (moved aside if anything else is in it)
     cfg = train_config(r, base, paths["train"], run_dir, val_path)
     if seed is not None:
         from dataclasses import replace
@@ -490,9 +494,11 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     summary["missed_targets"] = None if quick else missed_targets(summary)
     summary["views"] = ("the demo's student view is the plain full image (no box, no hint), "
                         "so student_acc equals plain_acc; the teacher view is the crop")
+    keep_edited(out, SUMMARY_FILES, log)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=list))
     summary_plot(history, [{"step": 0, **before}, {"step": best_step, **after}],
                  out / "summary.png")
+    seal(out, "demo", only=SUMMARY_FILES)
     log(f"gap (teacher - plain), held-out: {summary['gap_before']:+.2f} -> "
         f"{summary['gap_after']:+.2f} with the best adapter (step {best_step}"
         f"{'; the run stopped itself: ' + summary['stopped'] if summary['stopped'] else ''}); "
@@ -501,6 +507,9 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     if summary["missed_targets"] is not None:
         log("targets: " + (f"all met ({Targets().describe()})" if not summary["missed_targets"]
                            else "MISSED: " + "; ".join(summary["missed_targets"])))
+    log(f"next: mlx-opd eval --model {base} --adapter {run_dir} --data {paths['heldout']} "
+        f"--out {out / 'eval-after.json'}")
+    log("  (the held-out split again, with the run's views: the best adapter's figures above)")
     return summary
 
 
@@ -561,7 +570,7 @@ def compare_teachers(out: str | Path, quick: bool = False, cache: str | Path | N
         cfg = train_config(r, base, paths["train"], out / name)
         cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, mode=teacher_mode),
                                   loss=dataclasses.replace(cfg.loss, kind=kind))
-        shutil.rmtree(out / name, ignore_errors=True)  # this command's own earlier run
+        remove_own(out / name, log)  # this command's earlier run (kept if anything was added)
         train(cfg)
         results[name] = _accuracies(models.load(base, out / name / "adapters"), held, r)
         log(f"{name}: {results[name]}")

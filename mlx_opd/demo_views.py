@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from .demo import (
     student_key,
     train_config,
 )
+from .files import remove_own
 
 
 def recipes(quick: bool = False) -> dict[str, tuple[DemoRecipe, tuple[str, ...]]]:
@@ -84,7 +84,7 @@ def run_one(r: DemoRecipe, base: Path, paths: dict, val_path: Path, held: list, 
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed),
                               validation=dataclasses.replace(cfg.validation,
                                                              criterion=student_key(r)))
-    shutil.rmtree(out, ignore_errors=True)  # this command's own earlier run
+    remove_own(out)  # this command's earlier run (moved aside if anything was added)
     t0 = time.time()
     train(cfg)
     guards = _guard_state(out)

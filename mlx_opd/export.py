@@ -64,37 +64,18 @@ def resolve_adapter(path: str | Path) -> Path:
 
 
 def _check_adapter_matches(base: Path, adapter: Path) -> dict:
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
-    base_cfg = json.loads((base / "config.json").read_text())
-    trained_on = (cfg.get("mlx_opd") or {}).get("base_model_type")
-    if trained_on and trained_on != base_cfg.get("model_type"):
-        raise ExportError(f"{adapter}: the adapter was trained on a {trained_on} model but "
-                          f"{base} is {base_cfg.get('model_type')}; pass the base it was trained on")
-    return cfg
+    try:
+        return models.check_adapter_config(base, adapter)
+    except models.AdapterMismatchError as e:
+        raise ExportError(str(e)) from None
 
 
 def load_with_adapter(base: str, adapter: Path) -> models.Loaded:
-    """Base + adapter, with every adapter matrix checked against its layer's shape (the
-    loader itself accepts mismatched LoRA shapes and fails later, deep in a matmul)."""
-    from mlx_vlm.trainer.peft.lora_layers import LoRALinear
-
-    def misfit(detail: str) -> ExportError:
-        return ExportError(f"{adapter}: the adapter does not fit {base} ({detail}); export "
-                           "with the base the adapter was trained on")
-
+    """Base + adapter, checked by models.load (family, widths, rank)."""
     try:
-        loaded = models.load(base, adapter)
-    except (ValueError, KeyError, AttributeError, IndexError) as e:
-        raise misfit(f"{type(e).__name__}: {str(e)[:300]}") from None
-    for name, m in loaded.model.named_modules():
-        if isinstance(m, LoRALinear):
-            out_dims, in_dims = m.linear.weight.shape
-            if isinstance(m.linear, nn.QuantizedLinear):
-                in_dims = in_dims * 32 // m.linear.bits
-            if m.lora_a.shape[0] != in_dims or m.lora_b.shape[1] != out_dims:
-                raise misfit(f"{name}: layer is {in_dims} -> {out_dims}, adapter is "
-                             f"{m.lora_a.shape[0]} -> {m.lora_b.shape[1]}")
-    return loaded
+        return models.load(base, adapter)
+    except models.AdapterMismatchError as e:
+        raise ExportError(str(e)) from None
 
 
 def fuse(model: nn.Module, dequantize: bool) -> int:

@@ -1,10 +1,17 @@
 """Output folders that are never half-written, never mixed and never clobbered.
 
-- `write_dir_atomically`: write into a temporary sibling, fsync, rename into place; a
-  reader sees the old folder or the complete new one.
-- Every folder mlx-opd writes carries a marker file (`.mlx-opd.json`: what wrote it);
-  `--force` replaces only marked folders, so it never deletes a user's own files.
-- `move_aside`: a run folder that `train --force` replaces is renamed, never deleted.
+The one rule (every command that writes a folder goes through it):
+- Every folder mlx-opd writes carries a marker file (`.mlx-opd.json`: what wrote it). When
+  the folder is complete the marker also lists its files with their sizes and times: the
+  folder is *sealed*.
+- A folder without a marker is the user's: no command writes into it unless it is empty,
+  and `--force` does not change that.
+- A marked folder is replaced (`--force`, or a command's own earlier output) only when
+  everything in it is what mlx-opd sealed there; one that holds anything else (a file the
+  user added or edited, or a run stopped before it was sealed) is moved aside
+  (`NAME.old-TIME`, said in the output), never deleted.
+- `write_dir_atomically`: write into a temporary sibling, seal, fsync, rename into place;
+  a reader sees the old folder or the complete new one, and the old one goes by the rule.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +29,10 @@ MARKER = ".mlx-opd.json"
 
 class OutputExistsError(FileExistsError):
     """An output folder that holds something and may not be replaced as asked."""
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -61,60 +73,79 @@ def write_json_atomically(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _walk(folder: Path):
+    """(files, marked) in `folder`: the files as (relative path, stat), and the sub-folders
+    that carry a marker of their own (they answer for their files; not descended into)."""
+    files, marked = [], []
+    for dirpath, dirs, names in os.walk(folder):
+        here = Path(dirpath)
+        marked += [here / d for d in dirs if (here / d / MARKER).exists()]
+        dirs[:] = sorted(d for d in dirs if not (here / d / MARKER).exists())
+        files += [((here / n).relative_to(folder).as_posix(), (here / n).lstat())
+                  for n in sorted(names) if not (here == folder and n == MARKER)]
+    return files, marked
+
+
 def write_marker(folder: Path, kind: str) -> None:
+    """Mark `folder` as mlx-opd's (not yet sealed: it is still being written)."""
     from . import __version__
 
     (Path(folder) / MARKER).write_text(json.dumps({"written_by": f"mlx-opd {__version__}",
                                                    "kind": kind}))
 
 
+def seal(folder: Path, kind: str, only: tuple[str, ...] | None = None) -> None:
+    """Mark `folder` complete: the marker lists its files now (size, mtime), so a later
+    replacement can tell mlx-opd's files from anything added or changed since. `only`:
+    the names (glob patterns) this command wrote, for a folder that was written in place
+    (a run), so nothing a user put there meanwhile is taken for mlx-opd's; a folder
+    written whole into a fresh temporary folder seals everything."""
+    from fnmatch import fnmatch
+
+    from . import __version__
+
+    files = {rel: _stamp(st) for rel, st in _walk(Path(folder))[0]
+             if only is None or any(fnmatch(rel, pat) for pat in only)}
+    (Path(folder) / MARKER).write_text(json.dumps(
+        {"written_by": f"mlx-opd {__version__}", "kind": kind, "files": files}))
+
+
 def written_by_us(folder: Path) -> bool:
     return (Path(folder) / MARKER).exists()
 
 
-def write_dir_atomically(dest: Path, write, kind: str | None = None) -> Path:
-    """Call write(tmp_dir), mark it (`kind`), fsync, then rename tmp_dir to dest
-    (replacing it): a reader sees the old folder or the complete new one."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+def marker_kind(folder: Path) -> str | None:
     try:
-        write(tmp)
-        if kind is not None:
-            write_marker(tmp, kind)
-        _fsync_tree(tmp)
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+        return json.loads((Path(folder) / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
-def check_replaceable(out: Path, force: bool, flag: str = "--out") -> None:
-    """Raise unless `out` is absent, empty, or (with force) a folder mlx-opd wrote."""
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; {flag} must be a folder")
-    entries = sorted(p.name for p in out.iterdir())
-    if not entries:
-        return
-    if not force:
-        raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it "
-                                f"(only a folder mlx-opd wrote is replaced) or choose another {flag}")
-    if not written_by_us(out):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise OutputExistsError(
-            f"{out} holds files mlx-opd did not write ({shown}); --force replaces only "
-            f"folders mlx-opd wrote. Choose a new {flag}, or move those files yourself")
+def _stamp(st) -> list[int]:
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _sealed(folder: Path) -> dict | None:
+    """The files the marker of `folder` lists, or None when it lists none (unsealed)."""
+    try:
+        files = json.loads((folder / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+def foreign(folder: Path) -> list[str]:
+    """What in the marked `folder` mlx-opd did not seal there: files added or changed
+    since, and `folder/` itself when it was never sealed (empty: all of it is ours)."""
+    folder = Path(folder)
+    sealed = _sealed(folder)
+    if sealed is None:
+        return [f"{folder.name}/ (not sealed: written in part, or by hand)"]
+    files, marked = _walk(folder)
+    out = [rel for rel, st in files if sealed.get(rel) != _stamp(st)]
+    for sub in marked:  # nested marked folders answer for their own files
+        out += [f"{sub.relative_to(folder).as_posix()}/{r}" for r in foreign(sub)]
+    return out
 
 
 def move_aside(path: Path) -> Path:
@@ -127,4 +158,120 @@ def move_aside(path: Path) -> Path:
         dest = path.with_name(f"{path.name}.old-{stamp}-{i}")
         i += 1
     os.replace(path, dest)
+    return dest
+
+
+def keep_old_files(paths, log=_stderr) -> list[Path]:
+    """Output files about to be written: any that exist are renamed NAME.old-TIME.EXT
+    beside them (said through `log`), never overwritten; returns the new places."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for p in map(Path, paths):
+        if not p.exists():
+            continue
+        dest, i = p.with_name(f"{p.stem}.old-{stamp}{p.suffix}"), 1
+        while dest.exists():
+            dest, i = p.with_name(f"{p.stem}.old-{stamp}-{i}{p.suffix}"), i + 1
+        os.replace(p, dest)
+        moved.append(dest)
+    if moved:
+        log(f"kept the earlier output: {', '.join(str(m) for m in moved)} (renamed, not "
+            "overwritten)")
+    return moved
+
+
+def keep_edited(folder: Path, names, log=_stderr) -> list[Path]:
+    """Before a command rewrites its own files `names` in `folder`: any that is not as
+    mlx-opd sealed it there (edited since, or never sealed) is kept (keep_old_files)."""
+    folder, sealed = Path(folder), _sealed(Path(folder)) or {}
+    return keep_old_files([folder / n for n in names if (folder / n).exists() and sealed.get(n)
+                           != _stamp((folder / n).lstat())], log)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def remove_own(path: Path, log=_stderr) -> Path | None:
+    """Delete a folder mlx-opd sealed and nobody touched since; anything else that is
+    there is moved aside (said through `log`) and the new place returned."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_dir() and written_by_us(path) and not foreign(path):
+        shutil.rmtree(path)
+        return None
+    why = (f"it holds what mlx-opd did not write ({_shown(foreign(path))})"
+           if path.is_dir() and written_by_us(path) else "mlx-opd did not write it")
+    moved = move_aside(path)
+    log(f"moved {path} aside to {moved}: {why}; nothing was deleted")
+    return moved
+
+
+def check_replaceable(out: Path, force: bool, flag: str = "--out") -> None:
+    """Raise unless `out` may be written: absent, empty, or (with force) marked by mlx-opd.
+    A user's folder (no marker) is never written into, with or without force."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; {flag} must be a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not written_by_us(out):
+        raise OutputExistsError(
+            f"{out} holds files mlx-opd did not write ({_shown(entries)}); mlx-opd writes "
+            f"only into a new or empty folder or one it wrote, --force included. Choose "
+            f"another {flag}")
+    if not force:
+        raise OutputExistsError(
+            f"{out} holds an earlier mlx-opd output ({marker_kind(out) or 'unknown kind'}); "
+            f"pass --force to replace it (anything you added there is moved aside with it, "
+            f"never deleted) or choose another {flag}")
+
+
+def claim_output(out: Path, force: bool, flag: str = "--out", aside: bool = False,
+                 log=_stderr) -> Path | None:
+    """The one check before a command writes the folder `out` (see the module's rule):
+    refuses a user's folder, and a marked one without `force`; with `force` the old folder
+    is removed when it is wholly mlx-opd's sealed output (always moved aside when `aside`:
+    a training run) and moved aside otherwise. Returns where it was moved, if it was."""
+    check_replaceable(out, force, flag)
+    out = Path(out)
+    if not (out.is_dir() and any(out.iterdir())):
+        return None
+    if aside:
+        moved = move_aside(out)
+        log(f"--force: moved the existing {out} aside to {moved} (never deleted)")
+        return moved
+    return remove_own(out, log)
+
+
+def write_dir_atomically(dest: Path, write, kind: str | None = None, log=_stderr) -> Path:
+    """Call write(tmp_dir), seal it (`kind`), fsync, then rename tmp_dir to dest: a reader
+    sees the old folder or the complete new one. An old folder at dest is deleted only
+    when it is wholly mlx-opd's sealed output; otherwise it is moved aside (remove_own)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write(tmp)
+        if kind is not None:
+            seal(tmp, kind)
+        _fsync_tree(tmp)
+        old = None
+        if dest.exists():
+            if dest.is_dir() and written_by_us(dest) and not foreign(dest):
+                old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+                os.replace(dest, old)
+            else:
+                remove_own(dest, log)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest

@@ -46,8 +46,7 @@ def open_rgb(ref: ImageRef, where: str = "") -> Image.Image:
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read {label}: it is not a valid image ({e})", where,
-                        "re-export the image as PNG or JPEG, or drop the row "
-                        "(--on-bad-sample skip)") from None
+                        "re-export the image as PNG or JPEG, or drop the row") from None
     return _to_rgb(im)
 
 

@@ -156,20 +156,76 @@ def base_identity(path: Path) -> str:
     return "local:" + h.hexdigest()[:16]
 
 
+class AdapterMismatchError(ValueError):
+    """An adapter that does not belong on the base it is loaded onto."""
+
+
+def check_adapter_config(base_path: Path, adapter_path: Path) -> dict:
+    """The adapter's config, after the checks that need no weights: it is an adapter
+    folder, and it was trained on the base's family (mlx-opd records it)."""
+    adapter_path = Path(adapter_path)
+    if not (adapter_path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_path}: no adapter_config.json; pass the folder "
+                                "that `mlx-opd train` wrote under RUN_DIR/adapters")
+    try:
+        cfg = json.loads((adapter_path / "adapter_config.json").read_text())
+    except ValueError as e:
+        raise AdapterMismatchError(f"{adapter_path}/adapter_config.json: not readable JSON "
+                                   f"({e}); pass an adapter folder mlx-opd wrote") from None
+    base_type = json.loads((Path(base_path) / "config.json").read_text()).get("model_type")
+    trained_on = (cfg.get("mlx_opd") or {}).get("base_model_type")
+    if trained_on and trained_on != base_type:
+        raise AdapterMismatchError(
+            f"the adapter {adapter_path} was trained on a {trained_on} model, but {base_path} "
+            f"is {base_type}; pass --model the base it was trained on (its RUN_DIR/config.yaml "
+            "says which: model.path)")
+    return cfg
+
+
+def check_adapter_fits(loaded: "Loaded", adapter_path: Path, config: dict) -> None:
+    """Every LoRA matrix against its layer's widths and the adapter's recorded rank (the
+    loader accepts mismatched shapes and fails later, deep in a matmul)."""
+    from mlx_vlm.trainer.peft.lora_layers import LoRALinear
+
+    rank = (config.get("lora_parameters") or {}).get("rank", config.get("rank"))
+    for name, m in loaded.model.named_modules():
+        if not isinstance(m, LoRALinear):
+            continue
+        out_dims, in_dims = m.linear.weight.shape
+        if isinstance(m.linear, nn.QuantizedLinear):
+            in_dims = in_dims * 32 // m.linear.bits
+        if m.lora_a.shape[0] != in_dims or m.lora_b.shape[1] != out_dims:
+            raise AdapterMismatchError(
+                f"the adapter {adapter_path} does not fit {loaded.path}: {name} is "
+                f"{in_dims} -> {out_dims} in the base, {m.lora_a.shape[0]} -> "
+                f"{m.lora_b.shape[1]} in the adapter; pass --model the base it was trained on")
+        if rank is not None and m.lora_a.shape[1] != rank:
+            raise AdapterMismatchError(
+                f"the adapter {adapter_path}: {name} has rank {m.lora_a.shape[1]} but its "
+                f"adapter_config.json says {rank}; the folder was edited or mixed")
+
+
 def load(model: str | Path, adapter_path: str | Path | None = None,
          dtype: str = "auto", revision: str | None = None) -> Loaded:
     """Load a supported VLM (family checked before any weights are read); float weights
-    are cast to `compute_dtype(dtype)` (quantized weights stay quantized)."""
+    are cast to `compute_dtype(dtype)` (quantized weights stay quantized). An adapter is
+    checked against the base wherever one is loaded (family, widths, rank): a mismatch is
+    one AdapterMismatchError naming both."""
     from mlx_vlm import load as vlm_load
 
     path = resolve_path(model, revision=revision)
     config = json.loads((path / "config.json").read_text())
     family = check_family(config.get("model_type"), where=str(path / "config.json"))
-    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter_path}: no adapter_config.json; pass the folder "
-                                "that `mlx-opd train` wrote under RUN_DIR/adapters")
-    m, processor = vlm_load(str(path), adapter_path=None if adapter_path is None
-                            else str(adapter_path))
+    adapter_cfg = None if adapter_path is None else check_adapter_config(path, adapter_path)
+    try:
+        m, processor = vlm_load(str(path), adapter_path=None if adapter_path is None
+                                else str(adapter_path))
+    except (ValueError, KeyError, AttributeError, IndexError) as e:
+        if adapter_path is None:
+            raise
+        raise AdapterMismatchError(
+            f"the adapter {adapter_path} does not fit {path} ({type(e).__name__}: "
+            f"{str(e)[:200]}); pass --model the base it was trained on") from None
     target = compute_dtype(dtype)
     if target is not None:
         floats = [v.dtype for _, v in tree_flatten(m.parameters())
@@ -177,7 +233,11 @@ def load(model: str | Path, adapter_path: str | Path | None = None,
         if any(d != target for d in floats):
             m.set_dtype(target)
             mx.eval(m.parameters())
-    return Loaded(m, processor, family, path, None if adapter_path is None else Path(adapter_path))
+    loaded = Loaded(m, processor, family, path,
+                    None if adapter_path is None else Path(adapter_path))
+    if adapter_cfg is not None:
+        check_adapter_fits(loaded, Path(adapter_path), adapter_cfg)
+    return loaded
 
 
 def sampling_bias(loaded: Loaded, vocab: int) -> mx.array:

@@ -8,9 +8,16 @@ from .config import ConfigError, TrainConfig, to_dict
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    """A new run never mixes with an existing one: refuse unless --resume or --force."""
+    """A new run never mixes with an existing one: refuse unless --resume or --force, and
+    never take a folder mlx-opd did not write (files.py's rule)."""
+    from .files import written_by_us
+
     if resume or not run_dir.exists() or not any(run_dir.iterdir()):
         return
+    if force and not written_by_us(run_dir):
+        from .files import check_replaceable
+
+        check_replaceable(run_dir, force, "--out")  # raises: the user's own folder
     if not force:
         held = [n for n in ("config.yaml", "metrics.jsonl", "checkpoints", "adapters")
                 if (run_dir / n).exists()]
@@ -22,10 +29,9 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def start_run_dir(run_dir: Path, force: bool, cfg: TrainConfig) -> None:
-    from .files import move_aside, write_marker
+    from .files import claim_output, write_marker
 
-    if force and run_dir.exists() and any(run_dir.iterdir()):
-        print(f"--force: moved the existing {run_dir} aside to {move_aside(run_dir)}")
+    claim_output(run_dir, force, aside=True, log=print)  # a run is moved aside, never deleted
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "run")
     write_config(run_dir, cfg)
@@ -38,13 +44,39 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# What the trainer writes at the top of RUN_DIR (checkpoints/ and adapters/ carry their own
+# markers): the run is sealed with these names only, so a file a user put in the folder is
+# never taken for the run's (files.seal).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "validation.json", "history.jsonl", "plots/*",
+             "tensorboard/*", "wandb/*")
+
+
+def seal_run(run_dir: Path) -> None:
+    from .files import seal
+
+    seal(run_dir, "run", only=RUN_FILES)
+
+
 def loss_of(record: dict) -> float:
     return record.get("loss/objective", record.get("loss/surrogate", float("nan")))
 
 
+def next_steps(cfg: TrainConfig, run_dir: Path) -> list[str]:
+    """The commands to run after training, each runnable as printed (HELDOUT.jsonl stands
+    for held-out data when the run had no validation file)."""
+    data = cfg.validation.path or "HELDOUT.jsonl"
+    return [f"next: mlx-opd eval --model {cfg.model.path} --adapter {run_dir} --data {data} "
+            f"--out {run_dir}-eval.json",
+            "  (--adapter RUN_DIR takes the best adapter when validation kept one, else the "
+            "last, and the run's views and pixel settings)",
+            f"or: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
+            f"--out {run_dir}-hf --format hf"]
+
+
 def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict | None,
-                 tokens: float, seconds: float) -> str:
-    """The end-of-run summary: what happened, where it is, what to run next."""
+                 tokens: float, seconds: float, validated: bool = False) -> str:
+    """The end-of-run summary: what happened, where it is, what to run next (after the
+    validation summary when the run validated)."""
     from .plot import plot_run
 
     lines = [f"done: {last['step'] if last else 'no new'} step(s) in {seconds:.0f} s"]
@@ -57,12 +89,9 @@ def summary_text(cfg: TrainConfig, run_dir: Path, first: dict | None, last: dict
         lines.append(f"  plots: {plots[0]}")
     except (FileNotFoundError, ValueError):
         pass
-    lines += [f"  adapters: {run_dir / 'adapters'}",
-              "  next: measure the gap with the adapters:",
-              f"    mlx-opd eval --model {cfg.model.path} --adapter {run_dir / 'adapters'} "
-              "--data HELDOUT.jsonl --out after.json",
-              f"  or export them: mlx-opd export --model {cfg.model.path} --adapter {run_dir} "
-              "--out exports/hf --format hf"]
+    lines.append(f"  adapters: {run_dir / 'adapters'}")
+    if not validated:
+        lines += next_steps(cfg, run_dir)
     return "\n".join(lines)
 
 

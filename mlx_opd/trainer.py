@@ -36,14 +36,16 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import yaml
 from mlx.utils import tree_map, tree_unflatten
 
 from . import checkpoint, distributed, lora, models, prefix
 from .checkpointing import checkpoint_layers
-from .config import ConfigError, TrainConfig, load_train_config, to_dict
+from .config import ConfigError, TrainConfig, to_dict
 from .data import Sample, read_samples
 from .loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
 from .metrics import MetricsLog, Progress
+from .resume import record_resume
 from .rollout import sample_prompts
 from .run_dir import (
     BEST,
@@ -51,6 +53,8 @@ from .run_dir import (
     best_adapter_dir,
     check_run_dir,
     loss_of,
+    next_steps,
+    seal_run,
     start_run_dir,
     summary_text,
     write_config,
@@ -294,6 +298,31 @@ def check_base(cfg: TrainConfig, resume: bool) -> TrainConfig:
     return replace(cfg, model=replace(cfg.model, revision=now))
 
 
+def with_adapter_shape(cfg: TrainConfig) -> TrainConfig:
+    """cfg with the LoRA shape of model.adapter (a run started from another's adapters
+    trains those tensors), said when it differs, so config.yaml describes the tensors."""
+    if not cfg.model.adapter:
+        return cfg
+    path = Path(cfg.model.adapter) / "adapter_config.json"
+    if not path.exists():
+        raise ConfigError(f"model.adapter {cfg.model.adapter}: no adapter_config.json there; "
+                          "pass RUN_DIR/adapters or a checkpoint folder")
+    saved = json.loads(path.read_text())
+    if saved.get("fine_tune_type") == "full":
+        shape = {"finetune": "full"}
+    else:
+        p = saved.get("lora_parameters") or {}
+        shape = {"finetune": "lora", "rank": int(p.get("rank", cfg.lora.rank)),
+                 "alpha": float(p.get("scale", cfg.lora.alpha / cfg.lora.rank))
+                 * int(p.get("rank", cfg.lora.rank)), "dropout": float(p.get("dropout", 0.0))}
+    differ = {k: v for k, v in shape.items() if getattr(cfg.lora, k) != v}
+    if differ:
+        print("model.adapter: " + ", ".join(f"lora.{k} = {v!r} (was {getattr(cfg.lora, k)!r})"
+                                           for k, v in differ.items())
+              + ": the adapter's own shape", file=sys.stderr)
+    return replace(cfg, lora=replace(cfg.lora, **differ))
+
+
 def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dist):
     loaded = models.load(cfg.model.path, cfg.model.adapter, revision=cfg.model.revision)
     if cfg.model.adapter is None:
@@ -381,12 +410,15 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     report.skipped += unusable
     samples, val_samples, val_note = val.carve(samples, cfg)
     cfg = check_base(cfg, resume)
+    cfg = with_adapter_shape(cfg)
     distributed.check_same(dist, distributed.config_hash(to_dict(cfg), cfg.model.path))
     mx.random.seed(cfg.run.seed)
     loaded, adapter_config, optimizer, teacher, state = prepare(cfg, run_dir, resume, dist)
     if dist.main and not resume:
         start_run_dir(run_dir, force, cfg)
-    elif dist.main:  # the resumed run's effective config (overrides such as --max-steps)
+    elif dist.main:  # the resumed run's effective config (the changes a resume may make)
+        record_resume(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()), cfg,
+                      state.step)
         write_config(run_dir, cfg)
     steps = total_steps(cfg, len(samples))
     log = MetricsLog(run_dir / "metrics.jsonl", state.step) if dist.main else None
@@ -477,11 +509,14 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     if dist.main:
         lora.save_adapter(run_dir / "adapters", lora.saved_weights(loaded.model, adapter_config),
                           adapter_config, keep=(BEST,))
-        print(summary_text(cfg, run_dir, first, last, tokens, time.perf_counter() - t_start))
+        print(summary_text(cfg, run_dir, first, last, tokens, time.perf_counter() - t_start,
+                           validated=validator is not None))
         if validator is not None:
             # a guard firing at the last step stopped nothing
             print(val.summary_lines(guards, state.step, run_dir,
                                     stop_reason if state.step < steps else None))
+            print("\n".join(next_steps(cfg, run_dir)))
+        seal_run(run_dir)
     return run_dir
 
 
@@ -588,11 +623,3 @@ def commit_step(model, optimizer, teacher: Teacher, state: RunState, grads) -> N
             model.update(before[0])
             optimizer.state, teacher.params = before[1], before[2]
             raise
-
-
-def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
-    """The run's own resolved config (RUN_DIR/config.yaml) with explicit overrides."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{path}: not found; --resume takes a RUN_DIR written by mlx-opd train")
-    return load_train_config(str(path), overrides)

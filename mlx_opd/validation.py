@@ -286,6 +286,4 @@ def summary_lines(state: GuardState, step: int, run_dir, stop_reason: str | None
         b = state.best
         lines.append(f"  best adapter: {best_dir} (step {b['step']}, by "
                      f"{b['criterion']}; {figures(b['metrics'])})")
-    lines.append(f"next: mlx-opd eval --adapter {run_dir} ... takes the best adapter "
-                 f"({best_dir}); pass {last_dir} for the last")
     return "\n".join(lines)

@@ -458,6 +458,10 @@ def test_mining_with_the_builder_itself_drops_items_with_no_gap(tmp_path, letter
     st = rep["stages"]["mining"]
     assert (st["in"], st["out"]) == (3, 0)
     assert st["dropped"] == {"no gap": 3}
+    from mlx_opd.build.pipeline import summary_text
+
+    text = summary_text(rep, tmp_path / "data")  # an empty build recommends no training
+    assert "nothing was kept" in text and "mlx-opd train" not in text
     assert st["gap_dropped"] == {"n": 3, "crop": 1.0, "full": 1.0, "gap": 0.0}
 
 
@@ -475,8 +479,11 @@ def test_cli_build_data_runs_and_says_what_next(tmp_path, letter_models):
             "--out", str(out)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "next: open" in r.output and "mlx-opd train --data" in r.output
+    assert "sheet.html" in r.output and f"--model {letter_models['B']}" in r.output
     rep = json.loads((out / "report.json").read_text())
+    from tests.next_steps import run_next
+
+    run_next(r.output)  # the training it suggests runs as printed (the miner is the model)
     assert rep["output"]["train"] + rep["output"]["heldout"] == 2
     again = CliRunner().invoke(main, args)  # a finished build resumes to the same result
     assert again.exit_code == 0 and json.loads((out / "report.json").read_text())[
@@ -514,7 +521,7 @@ def test_cli_build_data_errors_are_one_line(tmp_path, tiny_dir):
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "photos"), "--model",
                                   str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "out")])
-    assert r.exit_code != 0 and "is not a build-data folder" in r.output
+    assert r.exit_code == 2 and "holds files build-data did not write" in r.output
     assert "Traceback" not in r.output and (tmp_path / "out" / "mine.txt").exists()
     r = CliRunner().invoke(main, ["build-data", "--images", str(tmp_path / "empty"), "--model",
                                   str(tiny_dir["qwen2_5_vl"]), "--out", str(tmp_path / "new")])

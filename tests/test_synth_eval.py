@@ -114,9 +114,24 @@ def test_tiny_base_is_built_once_and_cached(tmp_path):
 @pytest.mark.numerics
 def test_demo_quick_end_to_end(tmp_path):
     from mlx_opd.cli import main as cli
+    from mlx_opd.files import write_marker
 
+    from .next_steps import run_next
+
+    # an earlier demo's folder where the user added files: both survive the rerun
+    out = tmp_path / "demo"
+    (out / "run").mkdir(parents=True)
+    write_marker(out, "demo")
+    write_marker(out / "run", "run")
+    (out / "notes.txt").write_text("mine")
+    (out / "run" / "mine.txt").write_text("mine too")
+    (out / "summary.json").write_text('{"edited": true}')
     r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert [p.read_text() for p in out.glob("run.old-*/mine.txt")] == ["mine too"]
+    assert [p.read_text() for p in out.glob("summary.old-*.json")] == ['{"edited": true}']
+    run_next(r.output, expect=3)  # the trainer's (eval, export) and the demo's own eval
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for part in ("before", "after"):
         assert {"plain_acc", "student_acc", "teacher_acc"} <= set(s[part])

@@ -61,6 +61,8 @@ def load_eval(path: str | Path) -> dict:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: not a readable eval JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("kind") == "mlx-opd eval comparison":
+        raise ValueError(f"{p}: not an eval JSON; pass files written by `mlx-opd eval --out`")
     if d.get("status") == "running":
         raise ValueError(f"{p}: this evaluation did not finish; rerun its command to complete it")
     if "views" not in d:  # eval --data: n and plain_acc / student_acc / teacher_acc
@@ -69,6 +71,12 @@ def load_eval(path: str | Path) -> dict:
         if not views:
             raise ValueError(f"{p}: no accuracies found; pass files written by `mlx-opd eval`")
         d = {**d, "views": views, "by_category": {}}
+    ok = lambda a: isinstance(a, dict) and all(  # noqa: E731
+        isinstance(a.get(k), (int, float)) for k in ("n", "correct", "acc"))
+    if not (isinstance(d["views"], dict) and all(ok(a) for a in d["views"].values())
+            and isinstance(d.get("by_category", {}), dict)):
+        raise ValueError(f"{p}: its views are not an eval's (n, correct, acc per view); pass "
+                         "files written by `mlx-opd eval --out`")
     return d
 
 

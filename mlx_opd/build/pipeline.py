@@ -18,7 +18,6 @@ written outside DATA.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from ..config import PixelConfig
 from ..data import Sample
 from ..errors import DataError
-from ..files import write_json_atomically
+from ..files import claim_output, write_json_atomically, write_marker, written_by_us
 from ..images import open_rgb
 from . import ask
 from .config import BuildConfig, to_dict
@@ -77,11 +76,14 @@ def claim_out(cfg: BuildConfig, force: bool) -> Path:
     check_paths(cfg)
     state = out / ".build" / "config.json"
     if out.exists() and any(out.iterdir()):
+        if not state.exists() and not written_by_us(out):
+            raise DataError(f"--out {out} holds files build-data did not write", str(out),
+                            "choose a new folder (--force replaces only a folder mlx-opd "
+                            "wrote, and moves it aside when anything else is in it)")
         if force:
-            shutil.rmtree(out)
-        elif not state.exists():
-            raise DataError(f"--out {out} exists and is not a build-data folder", str(out),
-                            "choose a new folder (or --force to replace it)")
+            if not written_by_us(out):  # a build from before the marker: ours by its state
+                write_marker(out, "build-data")
+            claim_output(out, force=True)  # a build grows in place: moved aside, not deleted
         else:
             before = json.loads(state.read_text())
             now = cfg.fingerprint()
@@ -92,6 +94,8 @@ def claim_out(cfg: BuildConfig, force: bool) -> Path:
                                 "resume with the same settings, use another --out, or "
                                 "--force to start over")
     (out / ".build").mkdir(parents=True, exist_ok=True)
+    if not written_by_us(out):
+        write_marker(out, "build-data")
     write_json_atomically(state, cfg.fingerprint())
     return out
 
@@ -450,7 +454,15 @@ def summary_text(rep: dict, out: Path) -> str:
     if g["n"] or d["n"]:
         fmt = lambda x: "-" if x["gap"] is None else f"{x['gap']:+.2f} (n {x['n']})"  # noqa: E731
         lines.append(f"  crop-vs-full gap: kept {fmt(g)}, dropped {fmt(d)}")
-    lines.append(f"next: open {out / 'sheet.html'} to look at the items, then "
-                 f"mlx-opd train --data {out / 'train.jsonl'} --set validation.path="
-                 f"{out / 'heldout.jsonl'}")
+    lines.append(f"  look at the items: {out / 'sheet.html'}")
+    if not rep["output"]["train"]:
+        lines.append("next: nothing was kept to train on; open the sheet to see why items "
+                     "were dropped, then build from more photos, or with --no-mining to keep "
+                     "gap-free items")
+        return "\n".join(lines)
+    model = rep.get("models", {}).get("miner") or rep.get("models", {}).get("builder")
+    held = (f" --set validation.path={out / 'heldout.jsonl'}"
+            if rep["output"]["heldout"] else "")
+    lines.append(f"next: mlx-opd train --model {model} --data {out / 'train.jsonl'}{held} "
+                 f"--out {out}-run")
     return "\n".join(lines)
