@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 UNAME_S := $(shell uname -s)
 
-.PHONY: setup blas test test-numerics demo demo-check bench lint clean
+.PHONY: setup blas test test-numerics test-engines demo demo-check bench lint clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,21 @@ test-numerics: $(STAMP)
 	HF_HUB_OFFLINE=1 MLX_OPD_NO_BLAS=1 $(PY) -m pytest -m numerics
 	HF_HUB_OFFLINE=1 OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -m numerics
 
+# The engines run for real: ms-swift (and what its launch script needs) in a virtual
+# environment of its own (tests/engines/requirements-swift.txt), then the generated
+# script trains 2 steps on the CPU (tests/test_swift_run.py).
+ENGINES       := .venv-engines
+ENGINES_STAMP := $(ENGINES)/.installed-stamp
+
+$(ENGINES_STAMP): tests/engines/requirements-swift.txt
+	@test -x $(ENGINES)/bin/python || $(PYTHON) -m venv $(ENGINES)
+	$(ENGINES)/bin/python -m pip install -q --upgrade pip
+	$(ENGINES)/bin/python -m pip install -q -r tests/engines/requirements-swift.txt
+	@touch $(ENGINES_STAMP)
+
+test-engines: $(STAMP) $(ENGINES_STAMP)
+	HF_HUB_OFFLINE=1 MLX_OPD_ENGINE_BIN=$(CURDIR)/$(ENGINES)/bin $(PY) -m pytest -m engine_run
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/mlx-opd demo --out runs/demo
 
@@ -60,4 +75,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check mlx_opd tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ENGINES) runs .pytest_cache

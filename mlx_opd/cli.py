@@ -832,15 +832,60 @@ def _eval_compare(before_path, after_path, out):
         click.echo(f"wrote {out} and {out.with_suffix('.png')}")
 
 
+def _bench_defaults():
+    from .doctor_bench import BenchConfig  # imports nothing heavy at module level
+
+    return BenchConfig()
+
+
 @main.command()
 @click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def doctor(no_measure, as_json):
-    """Versions, backend (Metal / CUDA / CPU), BLAS in use with measured GFLOP/s, memory."""
+@click.option("--bench", "bench_model", default=None, metavar="HUB_ID",
+              help="Measure this machine on a replica of HUB_ID at its real widths (e.g. "
+                   "Qwen/Qwen2.5-VL-3B-Instruct): the divergence path at its vocabulary, "
+                   "rollout tokens/s, one training step, each beside plan's prediction; "
+                   "a few minutes. Writes --out/report.json and report.md.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/doctor-bench",
+              show_default=True, help="--bench: the report's folder.")
+@click.option("--layers", type=int, default=_bench_defaults().layers, show_default=True,
+              help="--bench: text layers of the replica.")
+@click.option("--photo", type=int, nargs=2, default=_bench_defaults().photo, show_default=True,
+              metavar="W H", help="--bench: the photo's size in pixels.")
+@click.option("--max-tokens", type=int, default=_bench_defaults().max_tokens,
+              show_default=True, help="--bench: decode steps of the rollout.")
+def doctor(no_measure, as_json, bench_model, out, layers, photo, max_tokens):
+    """Versions, backend (Metal / CUDA / CPU), BLAS in use with measured GFLOP/s, memory;
+    with --bench, this machine measured beside plan's predictions."""
+    if bench_model:
+        return _doctor_bench(bench_model, Path(out), layers, tuple(photo), max_tokens)
     from .doctor import format_report, report
 
     info = report(measure=not no_measure)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+
+
+def _doctor_bench(model, out, layers, photo, max_tokens):
+    from .doctor_bench import BenchConfig, run
+    from .files import OutputExistsError, check_replaceable, write_marker
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # replicas are built offline
+    try:
+        if out.exists() and not (out / "report.json").exists():
+            check_replaceable(out, force=False)  # never into a user's folder
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "doctor-bench")
+        rep = run(BenchConfig(model=model, layers=layers, photo=photo, max_tokens=max_tokens),
+                  out, log=lambda m: click.echo(m, err=True))
+    except (OutputExistsError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo((out / "report.md").read_text())
+    flagged = rep["flagged"]
+    click.echo(("flagged: " + ", ".join(flagged) + " (plan's model of the step is off here)\n")
+               if flagged else "")
+    click.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}\n"
+               f"next: paste {out / 'report.md'} into an issue, so the Mac figures in the "
+               "docs become measured ones")
 
 
 @main.command()

@@ -27,7 +27,8 @@ from .engines import fork_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = Path(__file__).parent / "engines" / "verl_fork_vopd.json"
-FAKE_PYTHON = '#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n'
+FAKE_PYTHON = ('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n'
+               'printf "%s" "${NPROC_PER_NODE:-}" > "$ARGV_OUT.nproc"\n')
 
 
 def _export(tmp_path, data, *extra, fmt="verl", name="v"):
@@ -198,6 +199,21 @@ def test_the_non_thinking_template_closes_an_empty_think_block():
         assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), text[-80:]
 
 
+def test_verl_script_takes_the_gpus_from_the_environment(tmp_path, dataset):
+    """GPUS / NNODES as a user sets them reach the fork's trainer and pass its checks;
+    without them the machine's count (none here: 1); a count the batch does not split over
+    is refused by the script before the fork starts."""
+    out = _export(tmp_path, dataset, "--model", "Qwen/Qwen3.5-4B")
+    script = out / "run_vision_opd.sh"
+    for env, per_node, nodes in (({}, 1, 1), ({"GPUS": "8"}, 8, 1),
+                                 ({"GPUS": "4", "NNODES": "2"}, 4, 2)):
+        cfg = compose(run_script(script, env=env))
+        assert (cfg["trainer"]["n_gpus_per_node"], cfg["trainer"]["nnodes"]) == (per_node, nodes)
+        fork_checks.check_all(cfg, _rows(out / "train.parquet"))
+    p = run_script(script, env={"GPUS": "3"})
+    assert p.returncode == 2 and "do not split over" in p.stderr
+
+
 def test_verl_refuses_what_the_fork_cannot_run(tmp_path, dataset):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("loss:\n  estimator: sampled\n  kind: jsd\n")
@@ -224,11 +240,16 @@ def _swift_parse(argv):
     return args
 
 
-def _script_argv(script: Path, model: str) -> list[str]:
-    """The argv the script hands to `swift` (intercepted)."""
-    argv = run_script(script, env={"MODEL": model}, binary="swift")
+def _script_argv(script: Path, model: str, **env) -> list[str]:
+    """The argv the script hands to `swift` (intercepted), with a user's variables."""
+    argv = run_script(script, env={"MODEL": model, **env}, binary="swift")
     assert isinstance(argv, list) and argv[0] == "rlhf", argv
     return argv[1:]
+
+
+def _launched_processes(script: Path) -> str:
+    """NPROC_PER_NODE as the intercepted `swift` saw it (ms-swift's torchrun switch)."""
+    return (script.parent.parent / "argv-swift.bin.nproc").read_text()
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
@@ -248,12 +269,54 @@ def test_swift_arguments_parse_with_ms_swift(tmp_path, dataset, finetune):
         assert args.freeze_vit is True and args.target_modules == ["all-linear"]
     else:
         assert args._teacher_use_disable_adapter is False and args.teacher_model == model
-    # 4 prompts x 8 samples per step over 8 GPUs; each row written n = 8 times
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 8 == 32
+    # no GPU here: one process takes the whole step (4 prompts x 8 samples), no vLLM
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
+    assert args.use_vllm is False and _launched_processes(out / "run_swift_opsd.sh") == ""
     rows = [json.loads(ln) for ln in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 100 * 8
     head = (out / "run_swift_opsd.sh").read_text().splitlines()[:5]
     assert any("FROZEN" in ln and "no EMA teacher" in ln for ln in head)
+
+
+@pytest.mark.parametrize("gpus,accumulation", [("8", 4), ("4", 8), ("1", 32)])
+def test_swift_script_takes_the_machine_from_the_environment(tmp_path, dataset, gpus,
+                                                            accumulation):
+    """NPROC_PER_NODE and USE_VLLM as a user sets them: the launch and the accumulation
+    that keeps the Mac run's 32 rows per step (intercepted, not run)."""
+    out = _export(tmp_path, dataset, fmt="swift", name="s")
+    script = out / "run_swift_opsd.sh"
+    args = _swift_parse(_script_argv(script, "Qwen/Qwen2.5-VL-3B-Instruct",
+                                     NPROC_PER_NODE=gpus, USE_VLLM="true"))
+    assert _launched_processes(script) == ("" if gpus == "1" else gpus)
+    assert args.gradient_accumulation_steps == accumulation
+    assert int(gpus) * args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
+    assert args.use_vllm is True and args.vllm_mode == "colocate"
+    args = _swift_parse(_script_argv(script, "Qwen/Qwen2.5-VL-3B-Instruct", USE_VLLM="false"))
+    assert args.use_vllm is False and args.vllm_mode is None  # ms-swift refuses a mode here
+    p = run_script(script, env={"NPROC_PER_NODE": "3"}, binary="swift")
+    assert p.returncode == 2 and "do not split over NPROC_PER_NODE=3" in p.stderr
+
+
+def test_swift_export_refuses_models_ms_swift_cannot_load(tmp_path, dataset, tiny_dir):
+    import mlx.core as mx
+
+    config = {"model_type": "qwen2_5_vl", "image_token_id": 151655}
+    quantized, named = tmp_path / "q", tmp_path / "n"
+    for folder, extra in ((quantized, {"quantization": {"group_size": 64, "bits": 4}}),
+                          (named, {})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({**config, **extra}))
+    mx.save_safetensors(str(named / "model.safetensors"),
+                        {"language_model.model.embed_tokens.weight": mx.zeros((2, 2))})
+    cases = [("mlx-community/Qwen2.5-VL-3B-Instruct-4bit", "MLX-format"),
+             (str(quantized), "quantized"), (str(named), "MLX-named weights"),
+             (str(tiny_dir["qwen2_5_vl"]), "hard-codes 151655")]  # a toy's vocabulary
+    for model, words in cases:
+        r = CliRunner().invoke(main, ["export-data", "--data", str(dataset), "--out",
+                                      str(tmp_path / "x"), "--format", "swift", "--model", model])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+        assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
+        assert not (tmp_path / "x").exists()
 
 
 def test_swift_reads_the_rows_with_the_crop_as_teacher_images(tmp_path, dataset):
