@@ -208,6 +208,9 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
             click.echo(f"wrote a replica of {like} ({REAL_MODELS[like].family}, {layers} text "
                        f"layers, {vision_depth} vision blocks"
                        + (f", {quantize}-bit" if quantize else "") + f") to {path}")
+            click.echo(f"next: mlx-opd plan --model {path} --data DATA.jsonl\n"
+                       "  (the memory and time of a step at these widths, before loading "
+                       "any weights)")
             return
         from .tiny import TinySize, build_tiny_model
 
@@ -218,6 +221,8 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
     except (FileExistsError, ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(f"wrote tiny {family} checkpoint to {path}")
+    click.echo(f"next: mlx-opd train --model {path} --data DATA.jsonl --out RUN_DIR "
+               "--max-steps 2")
 
 
 @main.command()
@@ -272,6 +277,9 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
         keep_old_files([json_out])
         Path(json_out).write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_out}")
+    click.echo(f"next: mlx-opd eval --model {model}"
+               + (f" --adapter {adapter}" if adapter else "")
+               + " --data DATA.jsonl --out EVAL.json\n  (the gap over a dataset, not one image)")
 
 
 @main.command()
@@ -311,6 +319,8 @@ def views(data, out, limit, box_format, on_bad_sample, force, **kw):
     except (DataError, OutputExistsError) as e:
         _fail(e)
     click.echo(f"{report.summary()}; wrote views to {out_dir}")
+    click.echo(f"next: mlx-opd eval --model MODEL --data {data} --out EVAL.json\n"
+               "  (the accuracy of each view: the gap)")
     for msg in report.skipped[:20]:
         click.echo(f"  skipped: {msg}", err=True)
 
@@ -450,6 +460,8 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out, on_b
     except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
     click.echo(format_plan(p))
+    click.echo(f"next: mlx-opd train --model {cfg.model.path} --data {cfg.data.path}"
+               + (f" --config {config}" if config else "") + " --out RUN_DIR")
     if json_out:
         from .files import keep_old_files
 
@@ -632,6 +644,8 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
         _fail(e)
     paths = write_dataset(out, n, seed, cfg, n_heldout)
     click.echo(f"wrote {paths['train']} and {paths['heldout']}")
+    click.echo(f"next: mlx-opd views --data {paths['train']} --out {Path(out)}-views --limit 4\n"
+               "  (what the student and the teacher will see)")
 
 
 @main.command("eval")

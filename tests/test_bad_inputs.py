@@ -478,3 +478,23 @@ def test_compare_takes_comma_separated_options(tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     text = json.dumps(json.loads((tmp_path / "c.json").read_text()))
     assert "A. purple" in text and "B. yellow" in text
+
+
+def test_every_other_commands_next_step_runs_as_printed(tiny_dir, run, tmp_path):
+    """synth -> views -> eval; tiny-model -> train; compare -> eval; plan -> train."""
+    tiny = tiny_dir["qwen2_5_vl"]
+    r = invoke("synth", "--out", tmp_path / "s", "--n", 3, "--n-heldout", 1)
+    assert r.exit_code == 0, r.output
+    (views,) = run_next(r.output)
+    run_next(views.output, {"MODEL": tiny, "EVAL.json": tmp_path / "v-eval.json"})
+    r = invoke("tiny-model", "--family", "qwen2_vl", "--out", tmp_path / "t")
+    assert r.exit_code == 0, r.output
+    run_next(r.output, {"DATA.jsonl": DATA, "RUN_DIR": tmp_path / "t-run"})
+    r = invoke("compare", "--model", tiny, "--adapter", run, "--image",
+               ROOT / "examples" / "data" / "scene0.png", "--question", "What colour?", "--box",
+               "84,14,98,28", "--max-tokens", 2)
+    assert r.exit_code == 0, r.output
+    run_next(r.output, {"DATA.jsonl": DATA, "EVAL.json": tmp_path / "c-eval.json"})
+    r = invoke("plan", "--config", EXAMPLE, "--model", tiny, "--data", DATA)
+    assert r.exit_code == 0, r.output
+    run_next(r.output, {"RUN_DIR": tmp_path / "p-run"})
