@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 UNAME_S := $(shell uname -s)
 
-.PHONY: setup blas test test-numerics test-engines demo demo-check bench lint clean
+.PHONY: setup blas browser test test-numerics test-engines demo demo-check bench lint clean
 
 setup: $(STAMP)
 
@@ -32,12 +32,25 @@ ifeq ($(UNAME_S),Linux)
 	fi
 endif
 
-test: $(STAMP)
+# The result pages and the studio are loaded in a real browser by the tests: Debian's
+# Chromium and its chromedriver.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "Chromium present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+	  && echo "installed chromium and chromium-driver"; \
+	else \
+	  echo "warning: no apt-get; install Chromium yourself for the page tests"; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 # The rounding-sensitive tests again under the reference BLAS and under another OpenBLAS
 # kernel family with one thread: a result that holds on one machine only fails here.
-test-numerics: $(STAMP)
+test-numerics: $(STAMP) browser
 	HF_HUB_OFFLINE=1 MLX_OPD_NO_BLAS=1 $(PY) -m pytest -m numerics
 	HF_HUB_OFFLINE=1 OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -m numerics
 

@@ -485,6 +485,65 @@ def plot(run_dir):
 
 
 @main.command()
+@click.option("--model", required=True, help="Hub id or local model folder.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+              help="A trained adapter (or RUN_DIR): its answers beside the base's.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where to listen; anything but loopback makes the page reachable from "
+                   "other machines.")
+@click.option("--port", type=int, default=7860, show_default=True)
+@click.option("--max-tokens", type=int, default=32, show_default=True)
+@config_option
+@pixel_options
+@view_options
+def studio(model, adapter, host, port, max_tokens, run_config, **kw):
+    """A local page for crop vs full answers: open a photo, draw the box, ask; the three
+    views' answers, option probabilities and the divergence along the answer (needs the
+    `studio` extra: pip install "mlx-opd[studio]")."""
+    _offline_if_local(model)
+    try:
+        from .studio import Studio, server
+    except ImportError:
+        _fail(RuntimeError('mlx-opd studio needs the studio extra: pip install "mlx-opd[studio]"'))
+    run = _views_of(run_config, adapter)
+    found = _adapter(adapter)
+    s = Studio(model, None if found is None else str(found),
+               _view_cfg(kw, run.views if run else None),
+               _pixels(kw, run.pixels if run else None), max_tokens)
+    try:
+        srv = server(s, host, port)
+    except ImportError as e:
+        _fail(RuntimeError(f'{e}: pip install "mlx-opd[studio]"'))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: other machines can reach this page",
+                   err=True)
+    s.start_loading()
+    click.echo(f"mlx-opd studio on http://{host}:{port}/ (Ctrl-C stops it); the model loads "
+               "in the background, the page shows its progress")
+    srv.run()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir):
+    """RUN_DIR/report.html: training curves, each view's validation curve with the best
+    step, and the validation items whose answer changed, as cards."""
+    from .config import ConfigError
+    from .pages import run_page
+
+    try:
+        page = run_page(Path(run_dir))
+    except (FileNotFoundError, ValueError, ConfigError) as e:
+        _fail(e)
+    click.echo(f"wrote {page} (open it in a browser)")
+    from .config import load_train_config
+    from .run_dir import next_steps
+
+    click.echo(next_steps(load_train_config(str(Path(run_dir) / "config.yaml")),
+                          Path(run_dir))[0])
+
+
+@main.command()
 @click.option("--model", required=True, help="The base the adapter was trained on.")
 @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False),
               help="RUN_DIR, a checkpoint folder or an adapter folder.")
@@ -726,12 +785,14 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
     summary = {"model": model, "adapter": adapter, "data": data,
                "skipped_bad_samples": len(report.skipped), **summary}
     out = Path(out)
-    keep_old_files([out.with_suffix(s) for s in (".json", ".jsonl", ".png")]
-                   if out.suffix == ".json" else [out, out.with_suffix(".jsonl"),
-                                                  out.with_suffix(".png")])
+    from .pages import eval_page
+
+    keep_old_files([out, *(out.with_suffix(x) for x in (".jsonl", ".png", ".html"))])
     write(summary, rows, out)
+    page = eval_page(summary, rows, out.with_suffix(".html"), view_cfg, out.with_suffix(".png"))
     click.echo("\n" + json.dumps(summary, indent=2))
-    click.echo(f"wrote {out}, {out.with_suffix('.jsonl')}, {out.with_suffix('.png')}")
+    click.echo(f"wrote {out}, {out.with_suffix('.jsonl')}, {out.with_suffix('.png')} and "
+               f"{page} (a card per item: open it in a browser)")
     if adapter:
         click.echo(f"next: mlx-opd eval --compare BEFORE.json {out}\n"
                    "  (BEFORE.json: this command without --adapter, with --out BEFORE.json)")
@@ -826,6 +887,15 @@ def _eval_compare(before_path, after_path, out):
     title = (f"{after.get('title') or after.get('benchmark') or 'eval'}: "
              f"{Path(before_path).name} -> {Path(after_path).name}")
     click.echo(format_table(rows, title))
+    from .config import ViewConfig
+    from .files import keep_old_files
+    from .pages import changes_page, read_rows
+
+    page = (Path(out).with_suffix(".html") if out else
+            Path(after_path).with_name(f"{Path(after_path).stem}-changes.html"))
+    keep_old_files([page])
+    changes_page(read_rows(before_path), read_rows(after_path), rows, page, ViewConfig(), title)
+    click.echo(f"wrote {page} (the items fixed and broken, as cards)")
     if out:
         from .files import write_json_atomically
 

@@ -13,7 +13,23 @@ from . import models, rollout
 from .config import PixelConfig, ViewConfig
 from .data import Sample
 from .loss import generalized_jsd
-from .views import all_views
+from .views import LETTERS, all_views
+
+
+def option_probs(loaded: models.Loaded, enc: models.Encoded, n_options: int) -> dict:
+    """The probability of each option's letter as the first answer token (the greedy
+    answer's first step), from one prefill of the prompt."""
+    import mlx.core as mx
+
+    _, logits, _ = rollout.prefill(loaded, enc)
+    models.reset_rope_state(loaded.model)
+    probs = mx.softmax(logits[0], axis=-1)
+    tok = loaded.tokenizer
+    out = {}
+    for letter in LETTERS[:n_options]:
+        ids = tok.encode(letter, add_special_tokens=False)
+        out[letter] = float(probs[ids[0]].item()) if len(ids) == 1 else None
+    return out
 
 
 def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewConfig(),
@@ -36,6 +52,8 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
             "finish_reason": s.finish_reason,
             "text": view.text,
         }
+        if sample.options:
+            out[name]["option_probs"] = option_probs(loaded, enc, len(sample.options))
     full = "plain" if "plain" in encoded else "student"
     enc_full, s_full = encoded[full]
     # Score the full-image answer including its stop token: the decision to stop counts.

@@ -48,6 +48,15 @@ def parse_answer(text: str, options) -> str | None:
     return None
 
 
+def card_fields(s: Sample) -> dict:
+    """What a result page shows of a sample (pages.py): its image file, box, question."""
+    from pathlib import Path as _P
+
+    return {"image": str(s.image) if isinstance(s.image, _P) else None,
+            "box": list(s.box) if s.box is not None else None,
+            "question": s.question, "options": list(s.options or [])}
+
+
 def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "student", "teacher"),
              view_cfg: ViewConfig = ViewConfig(), pixels: PixelConfig = PixelConfig(),
              max_tokens: int = 8, progress=None) -> tuple[dict, list[dict]]:
@@ -72,7 +81,8 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
             correct[v] += ok
             unparsed[v] += pred is None
             rows.append({"id": s.id, "view": v, "answer": text, "parsed": pred,
-                         "expected": s.answer, "correct": ok, "prompt_tokens": enc.prompt_len})
+                         "expected": s.answer, "correct": ok, "prompt_tokens": enc.prompt_len,
+                         **card_fields(s)})
         if progress:
             progress(i + 1, len(samples), time.perf_counter() - t0)
     if not counted:

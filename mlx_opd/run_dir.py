@@ -48,7 +48,7 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
 # markers): the run is sealed with these names only, so a file a user put in the folder is
 # never taken for the run's (files.seal).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "validation.json", "history.jsonl", "plots/*",
-             "tensorboard/*", "wandb/*")
+             "tensorboard/*", "wandb/*", "validation/*", "report.html")
 
 
 def seal_run(run_dir: Path) -> None:

@@ -443,6 +443,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         if dist.main:
             # the guards' state as of now, for people and scripts (the checkpoint keeps its own)
             (run_dir / VALIDATION_FILE).write_text(json.dumps(guards.to_dict(), indent=2))
+            val.write_rows(run_dir, state.step, validator.rows)
             log.write({"step": state.step, **record})
             reporter.write(state.step, record)
             print(val.format_line(state.step, record, guards), file=sys.stderr, flush=True)

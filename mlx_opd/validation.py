@@ -22,13 +22,14 @@ resumed run keeps it exactly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import DataConfig, TrainConfig, ValidationConfig
 from .data import Sample, read_samples
-from .evaluate import parse_answer
+from .evaluate import card_fields, parse_answer
 
 VAL_SEED_OFFSET = 1_000_003  # the carve's own stream, apart from the data order's
 
@@ -104,6 +105,7 @@ class Validator:
         loaded.model.eval()
         record, parsed_flags = {"val/n": len(self.samples)}, []
         answers = {}
+        self.rows = []  # per sample and view, as `eval` writes them (the run's page reads them)
         for name in ("plain", "student", "teacher"):
             if not self.encs[name]:
                 continue
@@ -111,12 +113,17 @@ class Validator:
             right, counted = 0, 0
             for i, ids in answers[name].items():
                 s = self.samples[i]
-                got = parse_answer(models.decode(loaded, ids), s.options)
+                text = models.decode(loaded, ids)
+                got = parse_answer(text, s.options)
                 if name != "teacher":
                     parsed_flags.append(got is not None)
+                ok = bool(s.answer) and got is not None and got == s.answer.strip().upper()
                 if s.answer:
                     counted += 1
-                    right += got is not None and got == s.answer.strip().upper()
+                    right += ok
+                self.rows.append({"id": s.id or str(i), "view": name, "answer": text,
+                                  "parsed": got, "expected": s.answer, "correct": ok,
+                                  **card_fields(s)})
             if counted:
                 record[f"val/{name}_acc"] = right / counted
         if "val/plain_acc" in record and "val/teacher_acc" in record:
@@ -263,6 +270,19 @@ def format_line(step: int, record: dict, state: GuardState) -> str:
     if state.best is not None:
         parts.append(f"best: step {state.best['step']} ({state.best['criterion']})")
     return " | ".join(parts)
+
+
+ROWS_DIR = "validation"  # RUN_DIR/validation/step_NNNNNN.jsonl: each evaluation's answers
+
+
+def write_rows(run_dir, step: int, rows: list[dict]) -> None:
+    """One evaluation's answers per sample and view (the run's page compares them)."""
+    from pathlib import Path
+
+    folder = Path(run_dir) / ROWS_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / f"step_{step:06d}.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def summary_lines(state: GuardState, step: int, run_dir, stop_reason: str | None) -> str:

@@ -133,6 +133,20 @@ def test_demo_quick_end_to_end(tmp_path):
     assert [p.read_text() for p in out.glob("summary.old-*.json")] == ['{"edited": true}']
     run_next(r.output, expect=3)  # the trainer's (eval, export) and the demo's own eval
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # the demo's base and adapter on the held-out split: the page of what changed lists
+    # exactly the items the two evals' rows say were fixed and broken (in Chromium)
+    from .test_pages import check_changes_page
+
+    held = out / "data" / "heldout.jsonl"
+    for name, extra in (("before", []), ("after", ["--adapter", str(out / "run")])):
+        e = CliRunner().invoke(cli, ["eval", "--model", s["base_model"], "--data", str(held),
+                                     "--config", str(out / "run"), "--out",
+                                     str(tmp_path / f"{name}.json"), *extra])
+        assert e.exit_code == 0, e.output
+    c = CliRunner().invoke(cli, ["eval", "--compare", str(tmp_path / "before.json"),
+                                 str(tmp_path / "after.json"), "--out", str(tmp_path / "c.json")])
+    assert c.exit_code == 0, c.output
+    check_changes_page(tmp_path / "c.html", tmp_path / "before.json", tmp_path / "after.json")
     for part in ("before", "after"):
         assert {"plain_acc", "student_acc", "teacher_acc"} <= set(s[part])
         assert all(0.0 <= s[part][k] <= 1.0 for k in ("plain_acc", "student_acc", "teacher_acc"))

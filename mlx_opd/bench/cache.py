@@ -58,7 +58,7 @@ def open_cache(out: Path, settings: dict, force: bool) -> dict[tuple[str, str], 
         if not force:
             raise OutputExistsError(f"{problem}; nothing was overwritten. Choose another --out, "
                                     "or pass --force to move the old files aside and start over")
-        for p in (summary_path, rows_path, chart):
+        for p in (summary_path, rows_path, chart, summary_path.with_suffix(".html")):
             if p.exists():
                 move_aside(p)
         return {}

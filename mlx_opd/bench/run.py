@@ -16,6 +16,7 @@ from ..config import PixelConfig, ViewConfig
 from ..errors import DataError
 from ..files import write_json_atomically
 from ..metrics import format_eta
+from ..pages import bench_images, eval_page
 from . import answers
 from .cache import KIND, RowWriter, open_cache, paths
 from .item import BenchItem, Benchmark, Unreadable
@@ -142,6 +143,7 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
     progress = progress or BenchProgress(bench.name, target)
     writer, rows, reused, seconds, t_start = RowWriter(rows_path), [], 0, 0.0, time.perf_counter()
     unreadable: list[Unreadable] = []
+    thumbs: dict[str, tuple] = {}  # the page's pictures, made as the items pass
     try:
         for k, item in enumerate(items):
             if k >= target:
@@ -151,6 +153,7 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
                 log(f"{bench.name}: row {item.id} ({item.where}) skipped: {item.reason}")
                 progress(k + 1, reused, seconds, None)
                 continue
+            thumbs[item.id] = bench_images(item, view_cfg)
             want = [v for v in settings.views if v != "teacher" or item.has_crop_view]
             have = [cached[(item.id, v)] for v in want if (item.id, v) in cached]
             if len(have) == len(want):
@@ -192,4 +195,6 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
     from .report import accuracy_chart
 
     accuracy_chart(summary, chart_path)
+    eval_page(summary, rows, summary_path.with_suffix(".html"), view_cfg, chart_path,
+              images=thumbs)
     return summary

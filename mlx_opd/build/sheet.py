@@ -7,24 +7,15 @@ are embedded (JPEG data URIs): the page opens from anywhere, without a server or
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from PIL import Image
 
+from ..pages import data_uri as _data_uri
 from ..views import LETTERS
 
 PER_SECTION = 48  # cards per section: the page stays light
-
-
-def _data_uri(im: Image.Image, side: int) -> str:
-    im = im.copy()
-    im.thumbnail((side, side))
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _answers(letters) -> str:
