@@ -48,7 +48,7 @@ def save(run_dir: Path, step: int, adapters: dict, adapter_config: dict, teacher
 
     write_dir_atomically(dest, write, kind="checkpoint")
     for old in complete(run_dir)[:-keep_last] if keep_last > 0 else []:
-        remove_own(old)  # moved aside instead if anything but the checkpoint is in it
+        remove_own(old, kinds=("checkpoint",))  # moved aside if anything else is in it
     return dest
 
 

@@ -297,7 +297,7 @@ def views(data, out, limit, box_format, on_bad_sample, force, **kw):
     from .config import DataConfig
     from .data import read_samples
     from .errors import DataError
-    from .files import OutputExistsError, claim_output, write_dir_atomically
+    from .files import OutputExistsError, check_replaceable, write_dir_atomically
     from .views import all_views
 
     view_cfg = _view_cfg(kw)
@@ -311,7 +311,7 @@ def views(data, out, limit, box_format, on_bad_sample, force, **kw):
                 (tmp / f"{i:04d}_{name}.txt").write_text(v.text + "\n")
     try:
         out_dir = Path(out)
-        claim_output(out_dir, force)
+        check_replaceable(out_dir, force)  # the old views go only once the new are written
         samples, report = read_samples(DataConfig(path=data, box_format=box_format,
                                                   on_bad_sample=on_bad_sample, limit=limit),
                                        view_cfg.needs_boxes())
@@ -529,9 +529,13 @@ def report(run_dir):
     """RUN_DIR/report.html: training curves, each view's validation curve with the best
     step, and the validation items whose answer changed, as cards."""
     from .config import ConfigError
+    from .files import marker_kind
     from .pages import run_page
 
     try:
+        if marker_kind(run_dir) != "run":
+            raise ValueError(f"{run_dir} is not a RUN_DIR `mlx-opd train` wrote (no marker); "
+                             "the report is written only into a run's own folder")
         page = run_page(Path(run_dir))
     except (FileNotFoundError, ValueError, ConfigError) as e:
         _fail(e)
@@ -891,7 +895,18 @@ def _eval_compare(before_path, after_path, out):
     from .files import keep_old_files
     from .pages import changes_page, read_rows
 
-    page = (Path(out).with_suffix(".html") if out else
+    if out:
+        out = Path(out)
+        if out.exists():
+            try:
+                old = json.loads(out.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                old = {}
+            if not isinstance(old, dict) or old.get("kind") != "mlx-opd eval comparison":
+                _fail(OSError(f"{out} exists and is not a comparison mlx-opd wrote; choose "
+                              "another --out (nothing was overwritten)"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+    page = (out.with_suffix(".html") if out else
             Path(after_path).with_name(f"{Path(after_path).stem}-changes.html"))
     keep_old_files([page])
     changes_page(read_rows(before_path), read_rows(after_path), rows, page, ViewConfig(), title)
@@ -899,16 +914,6 @@ def _eval_compare(before_path, after_path, out):
     if out:
         from .files import write_json_atomically
 
-        out = Path(out)
-        if out.exists():
-            try:
-                old = json.loads(out.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            if old.get("kind") != "mlx-opd eval comparison":
-                _fail(OSError(f"{out} exists and is not a comparison mlx-opd wrote; choose "
-                              "another --out (nothing was overwritten)"))
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
                          "after": str(after_path), "benchmark": after.get("benchmark"),
                          "rows": rows})
@@ -950,17 +955,19 @@ def doctor(no_measure, as_json, bench_model, out, layers, photo, max_tokens):
 
 
 def _doctor_bench(model, out, layers, photo, max_tokens):
-    from .doctor_bench import BenchConfig, run
-    from .files import OutputExistsError, check_replaceable, write_marker
+    from .doctor_bench import BenchConfig, check, run
+    from .files import OutputExistsError, marker_kind, write_marker, written_by_us
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # replicas are built offline
     try:
-        if out.exists() and not (out / "report.json").exists():
-            check_replaceable(out, force=False)  # never into a user's folder
+        bc = check(BenchConfig(model=model, layers=layers, photo=photo, max_tokens=max_tokens))
+        if out.exists() and any(out.iterdir()) and marker_kind(out) != "doctor-bench":
+            raise OutputExistsError(f"{out} holds files --bench did not write; choose "
+                                    "another --out")  # an earlier bench's folder is reused
         out.mkdir(parents=True, exist_ok=True)
-        write_marker(out, "doctor-bench")
-        rep = run(BenchConfig(model=model, layers=layers, photo=photo, max_tokens=max_tokens),
-                  out, log=lambda m: click.echo(m, err=True))
+        if not written_by_us(out):
+            write_marker(out, "doctor-bench")
+        rep = run(bc, out, log=lambda m: click.echo(m, err=True))
     except (OutputExistsError, ValueError, FileNotFoundError) as e:
         _fail(e)
     click.echo((out / "report.md").read_text())

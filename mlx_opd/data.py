@@ -310,16 +310,19 @@ def make_vision_opd_sample(row: dict, base: Path, where: str) -> Sample:
 def jsonl_rows(path: Path, on_error=None) -> Iterator[tuple[str, dict]]:
     """(where, row) for each JSON object line of `path`. A line that is not one raises a
     DataError naming it, or with `on_error` is handed to it and passed over."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path}:{n}"
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
                 if not isinstance(row, dict):
                     raise DataError("line is not a JSON object", where,
                                     "each line must be one JSON object")
+            except UnicodeDecodeError as e:
+                err = DataError(f"not UTF-8 text (byte {e.start})", where,
+                                "save the file as UTF-8, one JSON object per line")
             except json.JSONDecodeError as e:
                 err = DataError(f"invalid JSON ({e.msg} at column {e.colno})", where,
                                 "each line must be one JSON object")

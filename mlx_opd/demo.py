@@ -410,7 +410,8 @@ def claim_output(out: Path, log) -> Path:
                                   "--out (the demo replaces only its own earlier results)")
         log(f"replacing the earlier demo results in {out} (a cached base is reused)")
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "demo")
+    if not written_by_us(out):  # an earlier demo's seal stays: it tells its files apart
+        write_marker(out, "demo")
     return out
 
 
@@ -457,7 +458,8 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
         f"validation every {r.eval_every} steps on {r.val_scenes} other scenes keeps the best "
         f"adapter among the steps whose crop view held (within {r.max_crop_drop})")
     run_dir = out / "run"
-    remove_own(run_dir, log)  # the earlier demo's run (moved aside if anything else is in it)
+    remove_own(run_dir, log, kinds=("run",))  # the earlier demo's run (moved aside if
+    # anything else is in it)
     cfg = train_config(r, base, paths["train"], run_dir, val_path)
     if seed is not None:
         from dataclasses import replace
@@ -570,7 +572,7 @@ def compare_teachers(out: str | Path, quick: bool = False, cache: str | Path | N
         cfg = train_config(r, base, paths["train"], out / name)
         cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, mode=teacher_mode),
                                   loss=dataclasses.replace(cfg.loss, kind=kind))
-        remove_own(out / name, log)  # this command's earlier run (kept if anything was added)
+        remove_own(out / name, log, kinds=("run",))  # this command's earlier run
         train(cfg)
         results[name] = _accuracies(models.load(base, out / name / "adapters"), held, r)
         log(f"{name}: {results[name]}")

@@ -84,7 +84,8 @@ def run_one(r: DemoRecipe, base: Path, paths: dict, val_path: Path, held: list, 
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed),
                               validation=dataclasses.replace(cfg.validation,
                                                              criterion=student_key(r)))
-    remove_own(out)  # this command's earlier run (moved aside if anything was added)
+    remove_own(out, kinds=("run",))  # this command's earlier run (moved aside if anything
+    # was added)
     t0 = time.time()
     train(cfg)
     guards = _guard_state(out)

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+REPORT_FILES = ("report.json", "report.md", "photo.jpg", "data.jsonl", "train.log")
 FLAG_FACTOR = 2.0  # measured / predicted outside [1/F, F]: the model of the step is off
 BOX = (600, 400, 660, 450)  # a 60x50 px evidence box in a 1280x960 photo (scaled with it)
 
@@ -35,6 +36,20 @@ class BenchConfig:
     rows: int = 2                   # rollout.n
     max_tokens: int = 16            # decode steps (replicas never stop early)
     steps: int = 2                  # training steps; the last is reported (the first warms up)
+
+    def __post_init__(self):
+        if min(self.photo) < 112 or self.layers < 1 or self.max_tokens < 1:
+            raise ValueError("--photo must be at least 112 x 112 pixels, --layers and "
+                             "--max-tokens at least 1")
+
+
+def check(bc: BenchConfig) -> BenchConfig:
+    """bc, or a ValueError naming the models a replica can be built of."""
+    from .replicas import REAL_MODELS
+
+    if bc.model not in REAL_MODELS:
+        raise ValueError(f"--bench {bc.model}: choose one of {', '.join(REAL_MODELS)}")
+    return bc
 
 
 def judge(measured: float | None, predicted: float | None, factor: float = FLAG_FACTOR) -> dict:
@@ -138,13 +153,14 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
     from . import models
     from .data import read_samples
     from .doctor import report as machine
+    from .files import keep_edited
     from .plan import plan
     from .replicas import REAL_MODELS, build_replica, text_section
     from .trainer import train
 
-    if bc.model not in REAL_MODELS:
-        raise ValueError(f"--bench {bc.model}: choose one of {', '.join(REAL_MODELS)}")
+    check(bc)
     out.mkdir(parents=True, exist_ok=True)
+    keep_edited(out, REPORT_FILES, log)  # an earlier report edited since is kept, renamed
     vocab = text_section(REAL_MODELS[bc.model].config)["vocab_size"]
     log(f"[1/4] divergence path vs the reference at the vocabulary of {bc.model} ({vocab})")
     kernel = kernel_check(vocab)
@@ -167,12 +183,12 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
 
     from .files import remove_own
 
-    remove_own(out / "run")
+    remove_own(out / "run", kinds=("run",))
     with open(out / "train.log", "w") as f, contextlib.redirect_stdout(f):
         train(cfg)
     steps = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    for folder in ("replica", "run"):  # a replica is about 1 GB: nothing to keep
-        remove_own(out / folder)
+    for folder, kind in (("replica", "replica"), ("run", "run")):  # ~1 GB: nothing to keep
+        remove_own(out / folder, kinds=(kind,))
     last = [s for s in steps if "time/step_seconds" in s][-1]
     chip = predicted.get("time", {}).get("chip")
     figures = {
@@ -192,8 +208,11 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
               "kernel": kernel, "rollout": decode, "figures": figures,
               "flag_factor": FLAG_FACTOR,
               "flagged": sorted(k for k, f in figures.items() if f["flagged"])}
+    from .files import seal
+
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown(report))
+    seal(out, "doctor-bench", only=REPORT_FILES)
     return report
 
 

@@ -104,10 +104,13 @@ def seal(folder: Path, kind: str, only: tuple[str, ...] | None = None) -> None:
 
     from . import __version__
 
-    files = {rel: _stamp(st) for rel, st in _walk(Path(folder))[0]
+    found, marked = _walk(Path(folder))
+    files = {rel: _stamp(st) for rel, st in found
              if only is None or any(fnmatch(rel, pat) for pat in only)}
+    folders = sorted(m.relative_to(folder).as_posix() for m in marked)
     (Path(folder) / MARKER).write_text(json.dumps(
-        {"written_by": f"mlx-opd {__version__}", "kind": kind, "files": files}))
+        {"written_by": f"mlx-opd {__version__}", "kind": kind, "files": files,
+         "folders": folders}))
 
 
 def written_by_us(folder: Path) -> bool:
@@ -126,30 +129,49 @@ def _stamp(st) -> list[int]:
 
 
 def _sealed(folder: Path) -> dict | None:
-    """The files the marker of `folder` lists, or None when it lists none (unsealed)."""
+    """The marker of `folder` when it is sealed (lists its files), else None."""
     try:
-        files = json.loads((folder / MARKER).read_text()).get("files")
+        marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError, AttributeError):
         return None
-    return files if isinstance(files, dict) else None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) \
+        else None
 
 
 def foreign(folder: Path) -> list[str]:
     """What in the marked `folder` mlx-opd did not seal there: files added or changed
-    since, and `folder/` itself when it was never sealed (empty: all of it is ours)."""
+    since, marked sub-folders it did not hold when sealed (or that hold anything
+    foreign), and `folder/` itself when it was never sealed (empty: all of it is ours)."""
     folder = Path(folder)
-    sealed = _sealed(folder)
-    if sealed is None:
+    marker = _sealed(folder)
+    if marker is None:
         return [f"{folder.name}/ (not sealed: written in part, or by hand)"]
+    sealed, listed = marker["files"], set(marker.get("folders") or ())
     files, marked = _walk(folder)
     out = [rel for rel, st in files if sealed.get(rel) != _stamp(st)]
     for sub in marked:  # nested marked folders answer for their own files
-        out += [f"{sub.relative_to(folder).as_posix()}/{r}" for r in foreign(sub)]
+        rel = sub.relative_to(folder).as_posix()
+        out += [f"{rel}/ (not there when sealed)"] if rel not in listed else \
+            [f"{rel}/{r}" for r in foreign(sub)]
     return out
 
 
-def move_aside(path: Path) -> Path:
-    """Rename `path` to `<name>.old-<timestamp>` beside it (never deletes); returns it."""
+def ours(folder: Path, kinds: tuple[str, ...] | None = None, carried: tuple = ()) -> bool:
+    """Whether `folder` may be deleted: it is mlx-opd's sealed output of one of `kinds`
+    (any kind when None) with nothing foreign in it; or it only holds `carried`
+    sub-folders (copied into its replacement) that are themselves intact."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if written_by_us(folder):
+        return (kinds is None or marker_kind(folder) in kinds) and not foreign(folder)
+    entries = [p for p in folder.iterdir()]
+    return bool(entries) and all(p.name in carried and p.is_dir() and written_by_us(p)
+                                 and not foreign(p) for p in entries)
+
+
+def _aside_name(path: Path) -> Path:
+    """A free `<name>.old-<timestamp>` beside `path`."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = path.with_name(f"{path.name}.old-{stamp}")
@@ -157,6 +179,12 @@ def move_aside(path: Path) -> Path:
     while dest.exists():
         dest = path.with_name(f"{path.name}.old-{stamp}-{i}")
         i += 1
+    return dest
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.old-<timestamp>` beside it (never deletes); returns it."""
+    dest = _aside_name(path)
     os.replace(path, dest)
     return dest
 
@@ -192,20 +220,28 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
-def remove_own(path: Path, log=_stderr) -> Path | None:
-    """Delete a folder mlx-opd sealed and nobody touched since; anything else that is
-    there is moved aside (said through `log`) and the new place returned."""
+def remove_own(path: Path, log=_stderr, kinds: tuple[str, ...] | None = None) -> Path | None:
+    """Delete a folder mlx-opd sealed (of one of `kinds`) and nobody touched since;
+    anything else that is there is moved aside (said through `log`) and the new place
+    returned."""
     path = Path(path)
     if not path.exists():
         return None
-    if path.is_dir() and written_by_us(path) and not foreign(path):
+    if ours(path, kinds):
         shutil.rmtree(path)
         return None
-    why = (f"it holds what mlx-opd did not write ({_shown(foreign(path))})"
-           if path.is_dir() and written_by_us(path) else "mlx-opd did not write it")
     moved = move_aside(path)
-    log(f"moved {path} aside to {moved}: {why}; nothing was deleted")
+    log(f"moved {path} aside to {moved}: {_why(path if path.exists() else moved, kinds)}; "
+        "nothing was deleted")
     return moved
+
+
+def _why(path: Path, kinds) -> str:
+    if not (path.is_dir() and written_by_us(path)):
+        return "mlx-opd did not write it"
+    if kinds is not None and marker_kind(path) not in kinds:
+        return f"it holds another command's output ({marker_kind(path)})"
+    return f"it holds what mlx-opd did not write ({_shown(foreign(path))})"
 
 
 def check_replaceable(out: Path, force: bool, flag: str = "--out") -> None:
@@ -232,7 +268,7 @@ def check_replaceable(out: Path, force: bool, flag: str = "--out") -> None:
 
 
 def claim_output(out: Path, force: bool, flag: str = "--out", aside: bool = False,
-                 log=_stderr) -> Path | None:
+                 log=_stderr, kinds: tuple[str, ...] | None = None) -> Path | None:
     """The one check before a command writes the folder `out` (see the module's rule):
     refuses a user's folder, and a marked one without `force`; with `force` the old folder
     is removed when it is wholly mlx-opd's sealed output (always moved aside when `aside`:
@@ -245,33 +281,44 @@ def claim_output(out: Path, force: bool, flag: str = "--out", aside: bool = Fals
         moved = move_aside(out)
         log(f"--force: moved the existing {out} aside to {moved} (never deleted)")
         return moved
-    return remove_own(out, log)
+    return remove_own(out, log, kinds)
 
 
-def write_dir_atomically(dest: Path, write, kind: str | None = None, log=_stderr) -> Path:
+def write_dir_atomically(dest: Path, write, kind: str | None = None, log=_stderr,
+                         carried: tuple = ()) -> Path:
     """Call write(tmp_dir), seal it (`kind`), fsync, then rename tmp_dir to dest: a reader
-    sees the old folder or the complete new one. An old folder at dest is deleted only
-    when it is wholly mlx-opd's sealed output; otherwise it is moved aside (remove_own)."""
+    sees the old folder or the complete new one. The old folder is deleted only when it
+    is wholly mlx-opd's sealed output of the same kind (or holds only the `carried`
+    sub-folders the new one copied); otherwise it is moved aside, said through `log`.
+    It is judged after it was renamed away, so nothing written into it meanwhile is lost."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    old = None
     try:
         write(tmp)
         if kind is not None:
             seal(tmp, kind)
         _fsync_tree(tmp)
-        old = None
-        if dest.exists():
-            if dest.is_dir() and written_by_us(dest) and not foreign(dest):
-                old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-                os.replace(dest, old)
-            else:
-                remove_own(dest, log)
-        os.replace(tmp, dest)
+        if dest.exists() or dest.is_symlink():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:  # put the old folder back where it was
+                os.replace(old, dest)
+                old = None
+            raise
         fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        if ours(old, None if kind is None else (kind,), carried):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            aside = _aside_name(dest)
+            os.replace(old, aside)
+            log(f"moved the earlier {dest} aside to {aside}: {_why(aside, None if kind is None else (kind,))}; nothing was deleted")
     return dest

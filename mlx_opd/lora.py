@@ -78,4 +78,4 @@ def save_adapter(dest: Path, weights: dict[str, mx.array], adapter_config: dict,
             if (Path(dest) / sub).is_dir():
                 shutil.copytree(Path(dest) / sub, tmp / sub)
 
-    return write_dir_atomically(dest, write, kind="adapter")
+    return write_dir_atomically(dest, write, kind="adapter", carried=keep)

@@ -290,8 +290,14 @@ def run_page(run_dir: Path) -> Path:
         else:
             parts.append("<p>No per-item answers were kept for these evaluations (a run "
                          "from before they were recorded).</p>")
+    from .files import keep_edited
+
     path = run_dir / "report.html"
+    from .run_dir import seal_run
+
+    keep_edited(run_dir, ["report.html"])  # a page edited since is kept, renamed
     path.write_text("".join(parts), encoding="utf-8")
+    seal_run(run_dir)  # the run's own names only (run_dir.RUN_FILES)
     return path
 
 

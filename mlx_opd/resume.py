@@ -69,6 +69,9 @@ def resume_config(run_dir: Path, overrides: dict, config: str | None = None,
             raise ConfigError(f"{config}: expected a mapping of config keys")
         overrides = {**flatten(resolve_paths(other, Path(config).resolve().parent)), **overrides}
     cfg = load_train_config(str(path), overrides)
+    if Path(cfg.run.out).resolve() != run_dir.resolve():
+        raise ConfigError(f"--resume {run_dir} with --out {cfg.run.out}: a resume continues in "
+                          "its own folder; drop --out (or resume that folder)")
     diff = changes(saved, cfg)
     fixed = {k: v for k, v in diff.items() if not may_change(k)}
     if fixed:

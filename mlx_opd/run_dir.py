@@ -14,10 +14,10 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
     if resume or not run_dir.exists() or not any(run_dir.iterdir()):
         return
-    if force and not written_by_us(run_dir):
+    if not written_by_us(run_dir):
         from .files import check_replaceable
 
-        check_replaceable(run_dir, force, "--out")  # raises: the user's own folder
+        check_replaceable(run_dir, True, "--out")  # raises: the user's own folder
     if not force:
         held = [n for n in ("config.yaml", "metrics.jsonl", "checkpoints", "adapters")
                 if (run_dir / n).exists()]
@@ -47,8 +47,9 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
 # What the trainer writes at the top of RUN_DIR (checkpoints/ and adapters/ carry their own
 # markers): the run is sealed with these names only, so a file a user put in the folder is
 # never taken for the run's (files.seal).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "validation.json", "history.jsonl", "plots/*",
-             "tensorboard/*", "wandb/*", "validation/*", "report.html")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "validation.json", "history.jsonl",
+             "plots/*.png", "tensorboard/events.out.tfevents.*", "wandb/*",
+             "validation/step_*.jsonl", "report.html")
 
 
 def seal_run(run_dir: Path) -> None:

@@ -50,7 +50,7 @@ class Studio:
         self._pool = ThreadPoolExecutor(max_workers=1)  # all MLX work in one thread
         self._models: dict = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="mlx-opd-studio-")
-        self._lock = threading.Lock()
+        self._lock, self._count = threading.Lock(), 0
 
     def start_loading(self):
         return self._pool.submit(self._load)
@@ -107,8 +107,9 @@ class Studio:
             except ValueError:
                 raise StudioError(f"box {part!r}: expected x1,y1,x2,y2 in pixels") from None
         opts = [o.strip() for o in options.replace("\n", ",").split(",") if o.strip()]
-        with self._lock:
-            path = Path(self._tmp.name) / "photo.png"
+        with self._lock:  # each request its own file: answers never see another's photo
+            self._count += 1
+            path = Path(self._tmp.name) / f"photo-{self._count}.png"
             im.convert("RGB").save(path)
             row = {"image": str(path), "question": question.strip(), "options": opts or None,
                    **({"box": boxes[0]} if len(boxes) == 1 else {"boxes": boxes}
@@ -120,10 +121,13 @@ class Studio:
                 raise StudioError(e.what + (f" ({e.fix})" if e.fix else "")) from None
 
 
-def app(studio: Studio):
-    """The ASGI app: the page, the state, and the answers."""
+def app(studio: Studio, hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]")):
+    """The ASGI app: the page, the state, and the answers. Requests naming another Host
+    are refused (a page elsewhere cannot reach the model through DNS rebinding)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
@@ -148,11 +152,15 @@ def app(studio: Studio):
         return JSONResponse(result)
 
     return Starlette(routes=[Route("/", page), Route("/api/state", state),
-                             Route("/api/ask", ask, methods=["POST"])])
+                             Route("/api/ask", ask, methods=["POST"])],
+                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
 
 
 def server(studio: Studio, host: str = "127.0.0.1", port: int = 7860):
     """A uvicorn server for the app (call .run(), or run it in a thread in tests)."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app(studio), host=host, port=port, log_level="warning"))
+    loopback = ("127.0.0.1", "localhost", "[::1]")
+    hosts = loopback if host in ("127.0.0.1", "localhost", "::1") else ("*",)  # asked for
+    return uvicorn.Server(uvicorn.Config(app(studio, hosts), host=host, port=port,
+                                         log_level="warning"))

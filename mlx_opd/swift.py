@@ -74,7 +74,7 @@ def check_model(model: str) -> str | None:
     if family not in SUPPORTED_FAMILIES:
         raise SwiftExportError(f"--model {model} is {family!r}; the swift export knows "
                                f"{', '.join(SUPPORTED_FAMILIES)}")
-    if config.get("quantization") or config.get("quantization_config", {}).get("bits"):
+    if config.get("quantization"):
         raise SwiftExportError(f"--model {model} is quantized (MLX); {fix}")
     if _mlx_named(path):
         raise SwiftExportError(f"--model {model} has MLX-named weights (language_model.*, "
@@ -93,9 +93,12 @@ def check_model(model: str) -> str | None:
 def _mlx_named(path: Path) -> bool:
     """Whether the checkpoint's weight names are mlx-vlm's (not Hugging Face's)."""
     for f in sorted(path.glob("*.safetensors"))[:1]:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            names = json.loads(fh.read(n)).keys()
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                names = json.loads(fh.read(n)).keys()
+        except (OSError, ValueError, AttributeError, MemoryError):
+            raise SwiftExportError(f"{f}: not a readable safetensors file") from None
         return any(k.startswith(("language_model.", "vision_tower.")) for k in names)
     return False
 
@@ -153,10 +156,15 @@ def swift_args(cfg: TrainConfig, model: str, dataset: str, output_dir: str,
 
 # The run-time part of the script: GPUs, the accumulation that keeps the step, vLLM.
 _MACHINE = """\
-GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+if [ -n "${{CUDA_VISIBLE_DEVICES:-}}" ]; then  # the GPUs this process may use
+  GPUS=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
+else
+  GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+fi
+if [ -n "${{NPROC_PER_NODE:-}}" ]; then GPUS="$NPROC_PER_NODE"; fi  # the user's count wins
 NPROC_PER_NODE="${{NPROC_PER_NODE:-$GPUS}}"
 [ "${{NPROC_PER_NODE:-0}}" -ge 1 ] 2>/dev/null || NPROC_PER_NODE=1
-if [ "${{GPUS:-0}}" -ge 1 ]; then DEVICE=(--torch_dtype "${{DTYPE:-bfloat16}}")
+if [ "${{GPUS:-0}}" -ge 1 ] 2>/dev/null; then DEVICE=(--torch_dtype "${{DTYPE:-bfloat16}}")
 else DEVICE=(--use_cpu true --torch_dtype "${{DTYPE:-float32}}"); fi  # no GPU: the CPU
 ROWS={rows}  # prompts_per_step x rollout.n of the Mac run: one optimizer step
 if (( ROWS % NPROC_PER_NODE )); then

@@ -498,3 +498,61 @@ def test_every_other_commands_next_step_runs_as_printed(tiny_dir, run, tmp_path)
     r = invoke("plan", "--config", EXAMPLE, "--model", tiny, "--data", DATA)
     assert r.exit_code == 0, r.output
     run_next(r.output, {"RUN_DIR": tmp_path / "p-run"})
+
+
+# --- from a review: the rule's corners ------------------------------------------------------
+
+def test_a_validated_run_keeps_its_adapters_folder_in_place(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    r = invoke("train", "--config", EXAMPLE, "--model", tiny_dir["qwen2_5_vl"], "--data", DATA,
+               "--out", out, "--max-steps", 2, "--set", f"validation.path={DATA}",
+               "--set", "validation.every=1")
+    assert r.exit_code == 0, r.output
+    assert not [p for p in out.iterdir() if ".old-" in p.name] and "moved" not in r.output
+    assert (out / "adapters" / "adapters.safetensors").exists()
+
+
+def test_another_commands_force_moves_a_run_aside_never_deletes_it(run, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(run, target)  # a finished (sealed) run, copied with its times
+    r = invoke("views", "--data", DATA, "--out", target, "--limit", 1, "--force")
+    assert r.exit_code == 0, r.output
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.jsonl").exists() and str(aside[0]) in r.output
+
+
+def test_compare_out_in_a_new_folder_and_a_resume_elsewhere(run, tiny_dir, tmp_path):
+    e = tmp_path / "e.json"
+    assert invoke("eval", "--model", tiny_dir["qwen2_5_vl"], "--data", DATA, "--out", e,
+                  "--views", "plain", "--max-tokens", 2).exit_code == 0
+    r = invoke("eval", "--compare", e, e, "--out", tmp_path / "new" / "c.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "new" / "c.html").exists() and (tmp_path / "new" / "c.json").exists()
+    one_line_error(invoke("train", "--resume", run, "--out", tmp_path / "elsewhere"),
+                   "its own folder")
+
+
+def test_doctor_bench_never_writes_into_a_users_folder(tmp_path):
+    out = user_folder(tmp_path / "mine")
+    (out / "report.json").write_text(USER_TEXT)
+    one_line_error(invoke("doctor", "--bench", "Qwen/Qwen2-VL-2B-Instruct", "--out", out),
+                   "did not write")
+    assert (out / "report.json").read_text() == USER_TEXT
+    one_line_error(invoke("doctor", "--bench", "nobody/nothing", "--out", tmp_path / "b"),
+                   "choose one of")
+    assert not (tmp_path / "b").exists()  # nothing left behind to block the next try
+    one_line_error(invoke("doctor", "--bench", "Qwen/Qwen2-VL-2B-Instruct", "--photo", 80, 60,
+                          "--out", tmp_path / "b"), "--photo")
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_row(tiny_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    good = json.loads(DATA.read_text().splitlines()[0])
+    good["image"] = str(DATA.parent / good["image"])
+    data.write_bytes(json.dumps(good).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    one_line_error(invoke("views", "--data", data, "--out", tmp_path / "v"), f"{data}:2",
+                   "UTF-8")
+    r = invoke("views", "--data", data, "--out", tmp_path / "v", "--on-bad-sample", "skip")
+    assert r.exit_code == 0 and "1 skipped" in r.output, r.output

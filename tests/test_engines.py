@@ -47,6 +47,8 @@ def run_script(script: Path, args=(), env=None, binary: str = "python3"):
     (bin_dir / binary).write_text(FAKE_PYTHON)
     (bin_dir / binary).chmod(0o755)
     argv_out = script.parent.parent / f"argv-{binary}.bin"
+    if binary == "python3" and env is None:
+        env = {"GPUS": "8"}  # the verl fork's node, as a user there says (no GPU here)
     e = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_OUT=str(argv_out),
              **(env or {}))
     p = subprocess.run(["bash", str(script), *args], env=e, capture_output=True, text=True)
@@ -205,13 +207,15 @@ def test_verl_script_takes_the_gpus_from_the_environment(tmp_path, dataset):
     is refused by the script before the fork starts."""
     out = _export(tmp_path, dataset, "--model", "Qwen/Qwen3.5-4B")
     script = out / "run_vision_opd.sh"
-    for env, per_node, nodes in (({}, 1, 1), ({"GPUS": "8"}, 8, 1),
+    for env, per_node, nodes in (({"GPUS": "8"}, 8, 1), ({"CUDA_VISIBLE_DEVICES": "0,1"}, 2, 1),
                                  ({"GPUS": "4", "NNODES": "2"}, 4, 2)):
         cfg = compose(run_script(script, env=env))
         assert (cfg["trainer"]["n_gpus_per_node"], cfg["trainer"]["nnodes"]) == (per_node, nodes)
         fork_checks.check_all(cfg, _rows(out / "train.parquet"))
     p = run_script(script, env={"GPUS": "3"})
     assert p.returncode == 2 and "do not split over" in p.stderr
+    p = run_script(script, env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU here: say so, not guess
+    assert p.returncode == 2 and "set GPUS=N" in p.stderr
 
 
 def test_verl_refuses_what_the_fork_cannot_run(tmp_path, dataset):
@@ -295,6 +299,11 @@ def test_swift_script_takes_the_machine_from_the_environment(tmp_path, dataset, 
     assert args.use_vllm is False and args.vllm_mode is None  # ms-swift refuses a mode here
     p = run_script(script, env={"NPROC_PER_NODE": "3"}, binary="swift")
     assert p.returncode == 2 and "do not split over NPROC_PER_NODE=3" in p.stderr
+    # the GPUs this process may use, not every GPU of the machine
+    args = _swift_parse(_script_argv(script, "Qwen/Qwen2.5-VL-3B-Instruct",
+                                     CUDA_VISIBLE_DEVICES="0,1", USE_VLLM="false"))
+    assert _launched_processes(script) == "2" and args.gradient_accumulation_steps == 16
+    assert args.torch_dtype == "bfloat16" and not args.use_cpu
 
 
 def test_swift_export_refuses_models_ms_swift_cannot_load(tmp_path, dataset, tiny_dir):

@@ -25,7 +25,13 @@ from pathlib import Path
 from ..config import PixelConfig
 from ..data import Sample
 from ..errors import DataError
-from ..files import claim_output, write_json_atomically, write_marker, written_by_us
+from ..files import (
+    claim_output,
+    marker_kind,
+    write_json_atomically,
+    write_marker,
+    written_by_us,
+)
 from ..images import open_rgb
 from . import ask
 from .config import BuildConfig, to_dict
@@ -83,7 +89,13 @@ def claim_out(cfg: BuildConfig, force: bool) -> Path:
         if force:
             if not written_by_us(out):  # a build from before the marker: ours by its state
                 write_marker(out, "build-data")
-            claim_output(out, force=True)  # a build grows in place: moved aside, not deleted
+            # a build grows in place (never sealed): moved aside, not deleted; another
+            # command's output is moved aside too
+            claim_output(out, force=True, kinds=("build-data",))
+        elif not state.exists():
+            raise DataError(f"--out {out} holds another mlx-opd output "
+                            f"({marker_kind(out)}), not a build-data folder", str(out),
+                            "choose a new folder, or --force to move it aside")
         else:
             before = json.loads(state.read_text())
             now = cfg.fingerprint()
