@@ -14,6 +14,7 @@ import click
 
 from .bench.names import BENCHMARK_NAMES
 from .config import SynthConfig  # defaults for `synth --help` (config.py imports nothing heavy)
+from .doctor_bench import BenchConfig  # defaults for `doctor --help` (nothing heavy either)
 from .plan import CHIPS  # plan.py imports nothing heavy at module level
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
@@ -921,12 +922,6 @@ def _eval_compare(before_path, after_path, out):
         click.echo(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def _bench_defaults():
-    from .doctor_bench import BenchConfig  # imports nothing heavy at module level
-
-    return BenchConfig()
-
-
 @main.command()
 @click.option("--no-measure", is_flag=True, help="Skip the matmul GFLOP/s measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -937,11 +932,11 @@ def _bench_defaults():
                    "a few minutes. Writes --out/report.json and report.md.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/doctor-bench",
               show_default=True, help="--bench: the report's folder.")
-@click.option("--layers", type=int, default=_bench_defaults().layers, show_default=True,
+@click.option("--layers", type=int, default=BenchConfig.layers, show_default=True,
               help="--bench: text layers of the replica.")
-@click.option("--photo", type=int, nargs=2, default=_bench_defaults().photo, show_default=True,
+@click.option("--photo", type=int, nargs=2, default=BenchConfig.photo, show_default=True,
               metavar="W H", help="--bench: the photo's size in pixels.")
-@click.option("--max-tokens", type=int, default=_bench_defaults().max_tokens,
+@click.option("--max-tokens", type=int, default=BenchConfig.max_tokens,
               show_default=True, help="--bench: decode steps of the rollout.")
 def doctor(no_measure, as_json, bench_model, out, layers, photo, max_tokens):
     """Versions, backend (Metal / CUDA / CPU), BLAS in use with measured GFLOP/s, memory;
@@ -955,7 +950,7 @@ def doctor(no_measure, as_json, bench_model, out, layers, photo, max_tokens):
 
 
 def _doctor_bench(model, out, layers, photo, max_tokens):
-    from .doctor_bench import BenchConfig, check, run
+    from .doctor_bench import check, run
     from .files import OutputExistsError, marker_kind, write_marker, written_by_us
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # replicas are built offline

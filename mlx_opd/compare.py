@@ -16,14 +16,12 @@ from .loss import generalized_jsd
 from .views import LETTERS, all_views
 
 
-def option_probs(loaded: models.Loaded, enc: models.Encoded, n_options: int) -> dict:
-    """The probability of each option's letter as the first answer token (the greedy
-    answer's first step), from one prefill of the prompt."""
+def option_probs(loaded: models.Loaded, first_logprobs, n_options: int) -> dict:
+    """The probability of each option's letter as the answer's first token, from the
+    greedy answer's own first step (rollout.Sampled.first_logprobs)."""
     import mlx.core as mx
 
-    _, logits, _ = rollout.prefill(loaded, enc)
-    models.reset_rope_state(loaded.model)
-    probs = mx.softmax(logits[0], axis=-1)
+    probs = mx.exp(first_logprobs.reshape(-1))
     tok = loaded.tokenizer
     out = {}
     for letter in LETTERS[:n_options]:
@@ -53,7 +51,8 @@ def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewCo
             "text": view.text,
         }
         if sample.options:
-            out[name]["option_probs"] = option_probs(loaded, enc, len(sample.options))
+            out[name]["option_probs"] = option_probs(loaded, s.first_logprobs,
+                                                     len(sample.options))
     full = "plain" if "plain" in encoded else "student"
     enc_full, s_full = encoded[full]
     # Score the full-image answer including its stop token: the decision to stop counts.

@@ -165,20 +165,20 @@ def ours(folder: Path, kinds: tuple[str, ...] | None = None, carried: tuple = ()
         return False
     if written_by_us(folder):
         return (kinds is None or marker_kind(folder) in kinds) and not foreign(folder)
-    entries = [p for p in folder.iterdir()]
+    entries = list(folder.iterdir())
     return bool(entries) and all(p.name in carried and p.is_dir() and written_by_us(p)
                                  and not foreign(p) for p in entries)
 
 
-def _aside_name(path: Path) -> Path:
-    """A free `<name>.old-<timestamp>` beside `path`."""
+def _aside_name(path: Path, keep_suffix: bool = False) -> Path:
+    """A free `<name>.old-<timestamp>` beside `path` (`<stem>.old-<timestamp><suffix>` with
+    `keep_suffix`, so a file keeps opening as what it is)."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = path.with_name(f"{path.name}.old-{stamp}")
-    i = 1
+    head, tail = (path.stem, path.suffix) if keep_suffix else (path.name, "")
+    dest, i = path.with_name(f"{head}.old-{stamp}{tail}"), 1
     while dest.exists():
-        dest = path.with_name(f"{path.name}.old-{stamp}-{i}")
-        i += 1
+        dest, i = path.with_name(f"{head}.old-{stamp}-{i}{tail}"), i + 1
     return dest
 
 
@@ -192,16 +192,11 @@ def move_aside(path: Path) -> Path:
 def keep_old_files(paths, log=_stderr) -> list[Path]:
     """Output files about to be written: any that exist are renamed NAME.old-TIME.EXT
     beside them (said through `log`), never overwritten; returns the new places."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
     for p in map(Path, paths):
-        if not p.exists():
-            continue
-        dest, i = p.with_name(f"{p.stem}.old-{stamp}{p.suffix}"), 1
-        while dest.exists():
-            dest, i = p.with_name(f"{p.stem}.old-{stamp}-{i}{p.suffix}"), i + 1
-        os.replace(p, dest)
-        moved.append(dest)
+        if p.exists():
+            moved.append(_aside_name(p, keep_suffix=True))
+            os.replace(p, moved[-1])
     if moved:
         log(f"kept the earlier output: {', '.join(str(m) for m in moved)} (renamed, not "
             "overwritten)")
@@ -230,10 +225,15 @@ def remove_own(path: Path, log=_stderr, kinds: tuple[str, ...] | None = None) ->
     if ours(path, kinds):
         shutil.rmtree(path)
         return None
-    moved = move_aside(path)
-    log(f"moved {path} aside to {moved}: {_why(path if path.exists() else moved, kinds)}; "
-        "nothing was deleted")
-    return moved
+    return _set_aside(path, path, kinds, log)
+
+
+def _set_aside(src: Path, name: Path, kinds, log) -> Path:
+    """Rename `src` to a free `name.old-TIME` and say why it was not deleted."""
+    dest = _aside_name(name)
+    os.replace(src, dest)
+    log(f"moved {name} aside to {dest}: {_why(dest, kinds)}; nothing was deleted")
+    return dest
 
 
 def _why(path: Path, kinds) -> str:
@@ -314,11 +314,9 @@ def write_dir_atomically(dest: Path, write, kind: str | None = None, log=_stderr
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        if ours(old, None if kind is None else (kind,), carried):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            aside = _aside_name(dest)
-            os.replace(old, aside)
-            log(f"moved the earlier {dest} aside to {aside}: {_why(aside, None if kind is None else (kind,))}; nothing was deleted")
+    kinds = None if kind is None else (kind,)
+    if old is not None and ours(old, kinds, carried):
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        _set_aside(old, dest, kinds, log)
     return dest

@@ -41,24 +41,30 @@ def png_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
+def _thumbs(full: Image.Image, box, crop: Image.Image | None, views) -> tuple[str, str | None]:
+    """(the image with its box drawn, the crop) as data URIs; the crop is the box cropped
+    as the teacher sees it unless one is given (a benchmark's own)."""
+    from .views import crop_box, draw_box
+
+    if crop is None and box:
+        crop = crop_box(full, box, views)
+    shown = draw_box(full, box, views) if box else full
+    return data_uri(shown, THUMB), None if crop is None else data_uri(crop, CROP_THUMB)
+
+
 def item_images(item: dict, views) -> tuple[str | None, str | None]:
-    """(full image with its box, the crop) as data URIs; (None, None) when the image is
-    not a file that can still be read."""
+    """An eval row's (image with its box, crop) as data URIs; (None, None) when the image
+    is not a file that can still be read."""
     from .errors import DataError
     from .images import open_rgb
-    from .views import crop_box, draw_box
 
     if not item.get("image"):
         return None, None
     try:
-        full = open_rgb(Path(item["image"]), item["image"])
+        return _thumbs(open_rgb(Path(item["image"]), item["image"]), item.get("box"), None,
+                       views)
     except DataError:
         return None, None
-    box = item.get("box")
-    if not box:
-        return data_uri(full, THUMB), None
-    return data_uri(draw_box(full, box, views), THUMB), data_uri(crop_box(full, box, views),
-                                                                 CROP_THUMB)
 
 
 def bench_images(item, views) -> tuple[str | None, str | None]:
@@ -66,16 +72,12 @@ def bench_images(item, views) -> tuple[str | None, str | None]:
     one, as ZoomBench, else the box cropped) as data URIs; (None, None) if unreadable."""
     from .errors import DataError
     from .images import open_rgb
-    from .views import crop_box, draw_box
 
     try:
-        full = open_rgb(item.image, item.where)
-        crop = (open_rgb(item.crop, item.where) if item.crop is not None else
-                crop_box(full, item.box, views) if item.box is not None else None)
+        crop = None if item.crop is None else open_rgb(item.crop, item.where)
+        return _thumbs(open_rgb(item.image, item.where), item.box, crop, views)
     except DataError:
         return None, None
-    shown = draw_box(full, item.box, views) if item.box is not None else full
-    return data_uri(shown, THUMB), None if crop is None else data_uri(crop, CROP_THUMB)
 
 
 def items_of(rows: list[dict]) -> dict[str, dict]:
@@ -308,5 +310,4 @@ def _jsonl(path: Path) -> list[dict]:
 
 def read_rows(path: Path) -> list[dict]:
     """An eval's rows (OUT.jsonl beside OUT.json); empty when it has none."""
-    p = Path(path).with_suffix(".jsonl")
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+    return _jsonl(Path(path).with_suffix(".jsonl"))

@@ -171,6 +171,7 @@ class Sampled:
     full_logprobs: list[mx.array]  # [V] per step (only when keep_full=True)
     finish_reason: str             # "stop" (EOS) or "length"
     stop_token: int | None = None  # the EOS id the model actually emitted (finish "stop")
+    first_logprobs: mx.array | None = None  # [V] at the first step (the answer's first token)
 
     @property
     def ids_with_stop(self) -> list[int]:
@@ -192,7 +193,7 @@ def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
     if seed is not None:
         mx.random.seed(seed)
     models.reset_rope_state(loaded.model)
-    ids, lps, full = [], [], []
+    ids, lps, full, first = [], [], [], None
     finish, stop = "length", None
     loaded.model.eval()  # inference on every module (no LoRA dropout)
     for token, logprobs in generate_step(
@@ -201,6 +202,7 @@ def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
         image_grid_thw=enc.image_grid_thw,
     ):
         token = int(token)
+        first = logprobs if first is None else first
         if token in eos:
             finish, stop = "stop", token
             break
@@ -211,7 +213,7 @@ def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
         if len(ids) >= max_tokens:
             break
     models.reset_rope_state(loaded.model)
-    return Sampled(ids, lps, full, finish, stop)
+    return Sampled(ids, lps, full, finish, stop, first)
 
 
 def sample_sequential(loaded: models.Loaded, enc: models.Encoded, n: int, max_tokens: int,

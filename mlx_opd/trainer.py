@@ -312,9 +312,10 @@ def with_adapter_shape(cfg: TrainConfig) -> TrainConfig:
         shape = {"finetune": "full"}
     else:
         p = saved.get("lora_parameters") or {}
-        shape = {"finetune": "lora", "rank": int(p.get("rank", cfg.lora.rank)),
-                 "alpha": float(p.get("scale", cfg.lora.alpha / cfg.lora.rank))
-                 * int(p.get("rank", cfg.lora.rank)), "dropout": float(p.get("dropout", 0.0))}
+        rank = int(p.get("rank", cfg.lora.rank))
+        scale = float(p.get("scale", cfg.lora.alpha / cfg.lora.rank))  # alpha / rank
+        shape = {"finetune": "lora", "rank": rank, "alpha": scale * rank,
+                 "dropout": float(p.get("dropout", 0.0))}
     differ = {k: v for k, v in shape.items() if getattr(cfg.lora, k) != v}
     if differ:
         print("model.adapter: " + ", ".join(f"lora.{k} = {v!r} (was {getattr(cfg.lora, k)!r})"
