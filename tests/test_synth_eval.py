@@ -249,3 +249,37 @@ def test_crop_anchor_rows_show_the_student_the_teachers_own_view(tmp_path):
         assert np.array_equal(np.asarray(s.image), np.asarray(t.image))
         assert np.array_equal(np.asarray(s.image), np.asarray(crop.image))
         assert s.text == t.text == crop.text
+
+
+def test_probed_ce_is_response_ce_plus_the_probes_cross_entropy(loaded):
+    """The demo base's probe term (sft.probed_ce): the response CE plus weight x the
+    probe's CE on the labelled rows' first-response hidden states; value and gradient
+    against a reference assembled from the separate pieces (float32, 1e-5)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from mlx_opd import models
+    from mlx_opd.sft import Probed, probed_ce, response_ce
+
+    from .conftest import random_image
+
+    L = loaded("qwen2_5_vl")
+    encs = [models.encode(L, random_image(i, 56, 84), f"colour {i}?") for i in range(3)]
+    batch = models.make_batch(encs, [[5, 9], [7, 2], [3, 4]])
+    m = Probed(L.model, 4)
+    rows, labels, w = mx.array([0, 2]), mx.array([3, 1]), 0.7
+
+    def reference(m):
+        hidden = models.response_hidden(m.model, batch)
+        p = m.probe(hidden[:, 0])  # every row, then the labelled ones picked
+        aux = (nn.losses.cross_entropy(p[0], labels[0]) + nn.losses.cross_entropy(p[2], labels[1])) / 2
+        return response_ce(m.model, batch) + w * aux
+
+    got, g = nn.value_and_grad(m, probed_ce)(m, batch, None, rows, labels, w)
+    want, gw = nn.value_and_grad(m, reference)(m)
+    assert abs(got.item() - want.item()) < 1e-5
+    assert abs(got.item() - response_ce(L.model, batch).item()) > 1e-3  # the term counts
+    for (k, a), (_, b) in zip(tree_flatten(g), tree_flatten(gw)):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-5, err_msg=k)
+    assert any(k.startswith("probe.") for k, _ in tree_flatten(g))
