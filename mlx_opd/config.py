@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-# The hint the authors append to the student's question (method.md, "Views").
+# The hint the authors append to the student's question (docs/design/method.md, "Views").
 AUTHORS_HINT = ("Only focus on the objects inside the red bounding box in the image to "
                 "answer this question.")
 # The same hint for a student view with several boxes drawn (ours: the authors' data has one).
 AUTHORS_HINT_PLURAL = ("Only focus on the objects inside the red bounding boxes in the image "
                        "to answer this question.")
-# The benchmark-style answer instruction (method.md, "Evaluation protocol").
+# The benchmark-style answer instruction (docs/design/method.md, "Evaluation protocol").
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 

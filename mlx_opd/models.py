@@ -6,7 +6,7 @@ Everything else in mlx-opd talks to a VLM through this module:
 - `response_logits` / `response_hidden`: teacher-forced outputs at the positions that
   predict each response token, for a right-padded batch of (prompt, response ids);
 
-Quirks handled here (see shared/design/mlx-notes.md):
+Quirks handled here (see docs/design/mlx.md):
 1. Batches are RIGHT-padded: the forward pass uses a plain causal mask and the 2-D mask
    only feeds the M-RoPE index, so left padding shifts real tokens' logits.
 2. The language model caches `_position_ids` / `_rope_deltas`; we reset them before every
@@ -428,7 +428,7 @@ def lm_head_key(model: nn.Module) -> str:
 
 
 # Families whose cached-image-feature path is exact (qwen3_vl's drops its deepstack
-# features, see mlx-notes.md): there, a prompt shared by n rows runs the vision tower once.
+# features, see docs/design/mlx.md): there, a prompt shared by n rows runs the vision tower once.
 SHARED_FEATURE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_5")
 
 

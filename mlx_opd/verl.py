@@ -43,7 +43,7 @@ from .views import question_text, save_pair
 COLUMNS = ("data_source", "prompt", "images", "bbox_images", "ability", "reward_model",
            "extra_info")
 FORK = "VisionOPD/Vision-OPD@c2e345f"
-FULL_FINETUNE_LR = 2e-6  # the recipe's AdamW lr for full fine-tunes (method.md)
+FULL_FINETUNE_LR = 2e-6  # the recipe's AdamW lr for full fine-tunes (docs/design/method.md)
 TEMPLATE_FILE = "chat_template_qwen3_5_nonthinking.jinja"
 LOSS_AGG = {"token_mean": "token-mean", "sequence_mean": "seq-mean-token-mean"}  # actor.py:335-342
 ALPHA = {"forward_kl": 0.0, "reverse_kl": 1.0}  # core_algos.py:1141-1161; jsd: its beta

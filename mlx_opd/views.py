@@ -1,4 +1,4 @@
-"""The views of a sample (method.md, "Views"): what the student and the teacher see.
+"""The views of a sample (docs/design/method.md, "Views"): what the student and the teacher see.
 
 A choice of privilege, each view a pure function of (sample, config[, step]):
 - student (samples the answers): `boxed` (the authors': the full image with every box
@@ -229,7 +229,7 @@ def teacher_images(sample: Sample, cfg: ViewConfig) -> tuple:
 
 
 def teacher_view(sample: Sample, cfg: ViewConfig = ViewConfig()) -> View:
-    """Teacher text = student text (method.md)."""
+    """Teacher text = student text (docs/design/method.md)."""
     return View("teacher", teacher_images(sample, cfg), question_text(sample, cfg, True))
 
 

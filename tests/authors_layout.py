@@ -17,8 +17,8 @@ it was read. Sources (VisionOPD/Vision-OPD @ c2e345f unless said otherwise):
         extra_info.source_extra_info.bbox): read from the published rows by the reporter of
         issue 19; not checkable in the fork's code, which never reads it.
 - [OPT] options and instruction after the hint ("A. x" lines, "Answer with the option's
-        letter ..."): the paper's description of the problem field (method.md, "Training
-        data"); the readers keep the text as it is, whatever its option style.
+        letter ..."): the paper's description of the problem field (docs/design/method.md,
+        "Training data"); the readers keep the text as it is, whatever its option style.
 """
 
 from __future__ import annotations
