@@ -80,6 +80,9 @@ class DemoRecipe:
     # answer position (the probe is thrown away): what the base learns on full views is
     # only how to answer, which the method's LoRA can change (docs/demo.md)
     probe_weight: float = 0.3
+    min_probe: float = 0.75       # ... and the probe must read the full view's evidence
+    probe_fit: int = 200          # (fitted on this many of the base's scenes, scored on
+                                  # the calibration split)
     calibration_scenes: int = 48
     min_teacher_acc: float = 0.8     # the base must read the crop ...
     min_gap: float = 0.4          # ... and miss on the full view by this much (calibration)
@@ -118,7 +121,7 @@ class DemoRecipe:
 
 QUICK = DemoRecipe(sft_scenes=32, sft_steps=5, calibration_scenes=4, min_teacher_acc=0.0,
                    min_gap=-1.0, max_rounds=1, train_scenes=8, heldout_scenes=4, val_scenes=4,
-                   opd_steps=2, eval_every=1, max_crop_drop=1.0, min_format=0.0)
+                   opd_steps=2, eval_every=1, max_crop_drop=1.0, min_format=0.0, min_probe=0.0)
 
 
 @dataclass(frozen=True)
@@ -204,17 +207,25 @@ def _base_examples(L, samples, r: DemoRecipe, eos: int) -> tuple[list, list]:
     return crops, fulls
 
 
-def calibrate(L, samples, r: DemoRecipe) -> dict:
+def calibrate(L, samples, r: DemoRecipe, probe_fit: list = ()) -> dict:
     """Greedy accuracy of the base on its calibration split: the student's view (the
-    plain full image in the demo) and the teacher's (the crop)."""
+    plain full image in the demo) and the teacher's (the crop); with `probe_fit` scenes,
+    also how well a linear probe fitted on them reads the evidence from the student
+    view's hidden state at the answer position (`demo_probe`), on the same split."""
+    from .demo_probe import probe
+
     key = student_key(r)
     acc = _accuracies(L, samples, r, (key[:-4], "teacher"))
-    return {key: acc[key], "teacher_acc": acc["teacher_acc"],
-            "gap": acc["teacher_acc"] - acc[key], "n": len(samples)}
+    out = {key: acc[key], "teacher_acc": acc["teacher_acc"],
+           "gap": acc["teacher_acc"] - acc[key], "n": len(samples)}
+    if probe_fit:
+        out["answer_probe"] = probe(L, probe_fit, samples, r, keys=("answer",))["answer"]
+    return out
 
 
 def gap_ok(cal: dict, r: DemoRecipe) -> bool:
-    return cal["teacher_acc"] >= r.min_teacher_acc and cal["gap"] >= r.min_gap
+    return (cal["teacher_acc"] >= r.min_teacher_acc and cal["gap"] >= r.min_gap
+            and cal.get("answer_probe", 1.0) >= r.min_probe)
 
 
 def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
@@ -222,7 +233,8 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     cache/tiny-base-<recipe key>.
 
     Rule when the calibration split shows too small a gap (crop accuracy < min_teacher_acc
-    or crop - plain < min_gap): train `sft_steps` more steps on the same examples (the
+    or crop - plain < min_gap), or a full view whose evidence a linear probe reads at the
+    answer position less than min_probe of the time: train `sft_steps` more steps on the same examples (the
     batch order of round k is seeded seed + k), at most `max_rounds` rounds in all, then
     stop with an error that says so. The model, data and labels never change seed."""
     import mlx.core as mx
@@ -272,12 +284,13 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
                          seed=r.seed + len(rounds), probe_classes=r.synth.n_options,
                          probe_weight=r.probe_weight,
                          log=lambda i, n, loss, d=done_before: progress(i, n, loss, d))
-        cal = calibrate(L, cal_set, r)
+        cal = calibrate(L, cal_set, r, sft[:r.probe_fit])
         rounds.append(cal)
         log(f"tiny base: calibration after {len(rounds) * r.sft_steps} steps: "
             f"{student_key(r)[:-4]} {cal[student_key(r)]:.2f}, {r.teacher} "
-            f"{cal['teacher_acc']:.2f}, gap {cal['gap']:+.2f} "
-            f"(need crop >= {r.min_teacher_acc}, gap >= {r.min_gap})")
+            f"{cal['teacher_acc']:.2f}, gap {cal['gap']:+.2f}, evidence read at the answer "
+            f"position {cal['answer_probe']:.2f} (need crop >= {r.min_teacher_acc}, gap >= "
+            f"{r.min_gap}, evidence >= {r.min_probe})")
         if gap_ok(cal, r):
             break
         if len(rounds) >= r.max_rounds:

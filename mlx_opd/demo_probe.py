@@ -35,25 +35,28 @@ def evidence_token(sample, image_size: tuple[int, int]) -> int:
     return int(cy // MERGE_PATCH) * cols + int(cx // MERGE_PATCH)
 
 
-def features(loaded, samples, r) -> dict:
-    """{"vision": [N, D], "answer": [N, H], "label": [N]} of the plain full views."""
+def features(loaded, samples, r, keys=("vision", "answer")) -> dict:
+    """{"vision": [N, D], "answer": [N, H], "label": [N]} of the student's views (the demo:
+    the plain full image; the keys asked for, and the labels)."""
     import mlx.core as mx
 
     from . import models
     from .demo import pixels, views
-    from .views import LETTERS, plain_view
+    from .views import LETTERS, plain_view, student_view
 
-    vis, ans, labels = [], [], []
+    out = {k: [] for k in (*keys, "label")}
     for s in samples:
-        v = plain_view(s, views(r))
+        v = plain_view(s, views(r)) if r.student == "plain" else student_view(s, views(r))
         enc = models.encode(loaded, v.image, v.text, pixels(r))
-        f = models.image_features(loaded.model, enc.pixel_values, enc.image_grid_thw)
-        vis.append(np.array(f[evidence_token(s, enc.image_size)].astype(mx.float32)))
-        batch = models.make_batch([enc], [[0]])
-        ans.append(np.array(models.response_hidden(loaded.model, batch)[0, 0]
-                            .astype(mx.float32)))
-        labels.append(LETTERS.index(s.answer))
-    return {"vision": np.stack(vis), "answer": np.stack(ans), "label": np.array(labels)}
+        if "vision" in keys:
+            f = models.image_features(loaded.model, enc.pixel_values, enc.image_grid_thw)
+            out["vision"].append(np.array(f[evidence_token(s, enc.image_size)]
+                                          .astype(mx.float32)))
+        if "answer" in keys:
+            h = models.response_hidden(loaded.model, models.make_batch([enc], [[0]]))
+            out["answer"].append(np.array(h[0, 0].astype(mx.float32)))
+        out["label"].append(LETTERS.index(s.answer))
+    return {k: np.stack(v) if k != "label" else np.array(v) for k, v in out.items()}
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-2,
@@ -73,14 +76,14 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-2,
     return lambda q: ((q - mu) / sd @ w + b).argmax(1)
 
 
-def probe(loaded, fit_samples, test_samples, r) -> dict:
+def probe(loaded, fit_samples, test_samples, r, keys=("vision", "answer")) -> dict:
     """Held-out accuracy of each probe (chance: 1 / options)."""
-    fit, test = features(loaded, fit_samples, r), features(loaded, test_samples, r)
-    classes = r.synth.n_options
+    fit = features(loaded, fit_samples, r, keys)
+    test = features(loaded, test_samples, r, keys)
     out = {}
-    for key in ("vision", "answer"):
-        predict = fit_softmax(fit[key], fit["label"], classes)
+    for key in keys:
+        predict = fit_softmax(fit[key], fit["label"], r.synth.n_options)
         out[key] = float((predict(test[key]) == test["label"]).mean())
-    out["chance"] = 1 / classes
+    out["chance"] = 1 / r.synth.n_options
     out["n_fit"], out["n_test"] = len(fit_samples), len(test_samples)
     return out

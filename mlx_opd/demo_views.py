@@ -45,7 +45,8 @@ def recipes(quick: bool = False) -> dict[str, tuple[DemoRecipe, tuple[str, ...]]
     from .demo import QUICK
 
     # no crop anchors (the demo's departure 6): the views are compared as the method runs
-    r = dataclasses.replace(QUICK if quick else DemoRecipe(), anchor_share=0.0)
+    # the probe rule (min_probe) is the demo's: measured on its one-object colour question
+    r = dataclasses.replace(QUICK if quick else DemoRecipe(), anchor_share=0.0, min_probe=0.0)
     # "are both blue?": the tiny base did not learn "are they the same colour?" from two
     # crops (crops 0.46, chance 0.5, after 600 steps); yes / no is at chance at 0.5, so
     # the gap asked of the base is smaller than the demo's

@@ -406,8 +406,8 @@ def test_the_demos_base_key_is_unchanged_by_the_new_view_and_synth_fields():
     their defaults, are left out of the key (change this only with RECIPE_VERSION)."""
     from mlx_opd import demo
 
-    assert demo.DemoRecipe().key() == "0ff52c7f6e11"
-    assert dataclasses_replace_key(teacher="crops") != "0ff52c7f6e11"
+    assert demo.DemoRecipe().key() == "ab6db0d877d7"
+    assert dataclasses_replace_key(teacher="crops") != "ab6db0d877d7"
 
 
 def dataclasses_replace_key(**kw) -> str:

@@ -112,6 +112,27 @@ def test_tiny_base_is_built_once_and_cached(tmp_path):
 
 
 @pytest.mark.numerics
+def test_demo_base_keeps_the_full_views_evidence_at_the_answer(tmp_path):
+    """The mechanism the demo's outcome hangs on (docs/demo.md), under whatever numeric
+    configuration runs the test: after supervised training with the probe term, the
+    full view's hidden state at the answer position still carries the evidence colour (a
+    linear probe fitted on the base's scenes reads it on the calibration split). A short
+    build of the demo's base (its model, scenes and loss; 128 scenes, 60 steps: the full
+    build's 200 steps cost minutes), held to twice chance; the full build's own rule
+    (min_probe 0.75) runs in every demo, and the figures are in its summary."""
+    import dataclasses
+
+    from mlx_opd import demo
+
+    r = dataclasses.replace(demo.DemoRecipe(), sft_scenes=128, sft_steps=60,
+                            calibration_scenes=32, probe_fit=128, min_teacher_acc=0.0,
+                            min_gap=-1.0, max_rounds=1, min_probe=2 / 4)
+    base = demo.build_base(r, tmp_path, log=lambda *a: None)
+    cal = json.loads((base / "base_recipe.json").read_text())["calibration"]
+    assert len(cal) == 1 and cal[0]["answer_probe"] >= 2 / r.synth.n_options, cal
+
+
+@pytest.mark.numerics
 def test_demo_quick_end_to_end(tmp_path):
     from mlx_opd.cli import main as cli
     from mlx_opd.files import write_marker
