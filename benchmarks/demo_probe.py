@@ -27,10 +27,10 @@ def main() -> None:
     from mlx_opd import models
     from mlx_opd.config import DataConfig
     from mlx_opd.data import read_samples
-    from mlx_opd.demo import DemoRecipe, build_base, numerics
+    from mlx_opd.demo import DemoRecipe, build_base, numerics, tiny_size
     from mlx_opd.demo_probe import PROBE_SEED_OFFSET, probe
     from mlx_opd.synth import write_split
-    from mlx_opd.tiny import TinySize, build_tiny_model
+    from mlx_opd.tiny import build_tiny_model
 
     r = DemoRecipe()
     cache = Path(a.cache)
@@ -42,11 +42,8 @@ def main() -> None:
                                                           seed, r.synth))))
     test, _ = read_samples(DataConfig(path=str(write_split(cache / "probe", "test", a.n_test,
                                                            seed + 500_000, r.synth))))
-    size = TinySize(hidden_size=r.hidden_size, num_layers=r.num_layers, num_heads=4,
-                    num_kv_heads=2, intermediate_size=2 * r.hidden_size,
-                    vision_depth=r.vision_depth, vision_hidden_size=r.vision_hidden_size,
-                    vision_heads=2)
-    init = build_tiny_model("qwen2_5_vl", cache / "probe" / "init", seed=r.seed, size=size)
+    init = build_tiny_model("qwen2_5_vl", cache / "probe" / "init", seed=r.seed,
+                            size=tiny_size(r))
     result = {
         "numerics": numerics(),
         "base_calibration": json.loads((base / "base_recipe.json").read_text())["calibration"],

@@ -231,6 +231,16 @@ def gap_ok(cal: dict, r: DemoRecipe) -> bool:
             and cal.get("answer_probe", 1.0) >= r.min_probe)
 
 
+def tiny_size(r: DemoRecipe):
+    """The base's widths (`tiny.TinySize`) for recipe `r`."""
+    from .tiny import TinySize
+
+    return TinySize(hidden_size=r.hidden_size, num_layers=r.num_layers, num_heads=4,
+                    num_kv_heads=2, intermediate_size=2 * r.hidden_size,
+                    vision_depth=r.vision_depth, vision_hidden_size=r.vision_hidden_size,
+                    vision_heads=2)
+
+
 def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     """The tiny base with a crop-vs-full gap by construction; cached under
     cache/tiny-base-<recipe key>.
@@ -250,7 +260,7 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     from .hf_layout import to_hf_weights
     from .sft import train_supervised
     from .synth import write_split
-    from .tiny import TinySize, build_tiny_model
+    from .tiny import build_tiny_model
 
     out = Path(cache) / f"tiny-base-{r.key()}"
     if (out / "base_recipe.json").exists():
@@ -259,11 +269,7 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     t0 = time.time()
     work = Path(cache) / f".build-{r.key()}"
     shutil.rmtree(work, ignore_errors=True)
-    size = TinySize(hidden_size=r.hidden_size, num_layers=r.num_layers, num_heads=4,
-                    num_kv_heads=2, intermediate_size=2 * r.hidden_size,
-                    vision_depth=r.vision_depth, vision_hidden_size=r.vision_hidden_size,
-                    vision_heads=2)
-    init = build_tiny_model("qwen2_5_vl", work / "init", seed=r.seed, size=size)
+    init = build_tiny_model("qwen2_5_vl", work / "init", seed=r.seed, size=tiny_size(r))
     sft, _ = read_samples(DataConfig(path=str(
         write_split(work, "sft", r.sft_scenes, r.seed + SFT_SEED_OFFSET, r.synth))))
     cal_set, _ = read_samples(DataConfig(path=str(

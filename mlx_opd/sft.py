@@ -55,9 +55,9 @@ def probed_ce(m: Probed, batch: models.Batch, first, rows: mx.array, labels: mx.
 def _first_targets(picked: list) -> tuple | None:
     """(choices, weights) for a batch whose examples may name first-token choices (a third
     element: token ids, equally weighted); None when none does."""
-    if all(len(e) == 2 or not e[2] for e in picked):
+    if all(len(e) == 2 for e in picked):
         return None
-    alts = [list(e[2]) if len(e) > 2 and e[2] else [e[1][0]] for e in picked]
+    alts = [list(e[2]) if len(e) > 2 else [e[1][0]] for e in picked]
     k = max(len(a) for a in alts)
     choices = [a + [a[0]] * (k - len(a)) for a in alts]
     weights = [[1.0 / len(a)] * len(a) + [0.0] * (k - len(a)) for a in alts]
@@ -70,7 +70,7 @@ def train_supervised(loaded: models.Loaded, examples: list, steps: int, batch_si
                      probe_weight: float = 0.0) -> None:
     """AdamW on `response_ce` over random batches of (Encoded prompt, response ids) pairs,
     or (prompt, ids, first-token choices) triples (the first token's target: those ids,
-    equally weighted; () for the ids themselves), or (prompt, ids, choices, probe label)
+    equally weighted), or (prompt, ids, choices, probe label)
     quadruples: with probe_weight > 0 a linear probe (`Probed`, thrown away afterwards)
     learns the label from the first response position's hidden state, together with the
     model. Updates the model's trainable parameters in place. The demo's base keeps MLX's
