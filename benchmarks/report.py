@@ -23,6 +23,28 @@ def loss_table(records):
     return "\n".join(out)
 
 
+def rollout_table(records):
+    """One row per (model, shape, workload, engine) of benchmarks/rollout.py, with each
+    engine's whole-rollout tokens/s over the loop's in the same run."""
+    base = {(r["model"], r["prompts"], r["workload"]): r["rollout_tokens_per_s"]
+            for r in records if r["engine"] == "loop" and "skipped" not in r}
+    out = ["| model | prompts x rows | workload | engine | seconds (prefill + decode) | "
+           "kept / computed tokens | useful | decode tok/s | rollout tok/s | vs loop | "
+           "peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        head = f"| {r['model']} | {r['prompts']}x{r['rows']} | {r['workload']} | {r['engine']} |"
+        if "skipped" in r:
+            out.append(f"{head} skipped: {r['skipped']} | | | | | | |")
+            continue
+        ratio = r["rollout_tokens_per_s"] / base[(r["model"], r["prompts"], r["workload"])]
+        out.append(f"{head} {r['seconds']:.1f} ({r['prefill_seconds']:.1f} + "
+                   f"{r['decode_seconds']:.1f}) | {r['tokens_kept']:,} / "
+                   f"{r['tokens_computed']:,} | {r['useful_fraction']:.2f} | "
+                   f"{r['decode_tokens_per_s']:.1f} | {r['rollout_tokens_per_s']:.1f} | "
+                   f"{ratio:.2f}x | {r['peak_bytes'] / 1e9:.2f} |")
+    return "\n".join(out)
+
+
 def main():
     d = Path(sys.argv[1])
     loss = json.loads((d / "loss.json").read_text())
@@ -69,6 +91,9 @@ def main():
               f"gradient all-sum ({two['allreduce_bytes']:,} bytes) is {two['allreduce_seconds'] * 1000:.0f} ms "
               f"({100 * two['allreduce_share']:.1f}%) and waiting for the slower rank "
               f"{two['wait_seconds'] * 1000:.0f} ms ({100 * two['wait_share']:.1f}%).")
+    for path in sorted(d.glob("rollout*.json")):
+        print(f"\n## Rollout engines ({path.name}, `benchmarks/rollout.py`)\n")
+        print(rollout_table(json.loads(path.read_text())["records"]))
     print("\n## BLAS (`benchmarks/blas.py`)\n")
     for name in ("preloaded", "reference"):
         g = blas[name]["gflops"]

@@ -436,16 +436,26 @@ def _memory_check(cfg, memory_gb):
 @click.option("--chip", type=click.Choice(sorted(CHIPS)), default=None, help="Also estimate seconds per step on this Apple chip.")
 @click.option("--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               show_default=True, help="Plan for this backend (gpu = Metal: bf16, fused attention).")
+@click.option("--answers-from", "answers_from", type=click.Path(file_okay=False),
+              help="--chip: a finished RUN_DIR whose answer lengths (metrics.jsonl) replace "
+                   "rollout.max_tokens in the time estimate.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the plan as JSON.")
 @click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=None,
               help="data.on_bad_sample for the rows read.")
-def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out, on_bad_sample):
+def plan_cmd(config, model, data, sets, memory_gb, chip, backend, answers_from, json_out,
+             on_bad_sample):
     """Predict, before loading any weights, the peak memory of each phase of a training
     step and whether it fits; if not, which settings bring it under."""
     from .config import ConfigError, load_train_config
     from .data import DataError
-    from .plan import format_plan, plan
+    from .plan import answer_lengths, format_plan, plan
 
+    answers = None
+    if answers_from:
+        answers = answer_lengths(answers_from)
+        if answers is None:
+            _fail(ValueError(f"--answers-from {answers_from}: no metrics.jsonl with rollout "
+                             "lengths there; give a run folder that trained at least one step"))
     overrides = _parse_set(sets)
     for key, value in (("model.path", model), ("data.path", data),
                        ("data.on_bad_sample", on_bad_sample)):
@@ -457,7 +467,7 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, json_out, on_b
             raise ConfigError("model.path and data.path are required (--model/--data or YAML)")
         _offline_if_local(cfg.model.path)
         p = plan(cfg, memory_gb=memory_gb, chip=chip,
-                 backend=None if backend == "auto" else backend)
+                 backend=None if backend == "auto" else backend, answers=answers)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
     click.echo(format_plan(p))

@@ -216,7 +216,8 @@ class RolloutConfig:
     block_pad_tokens: bool = True  # image/video pad ids can never be sampled
     max_prompt_tokens: int = 8192  # authors: 8192; a longer prompt stops with advice (a
                                    # 16k-token photo x n rows would exhaust memory)
-    prompt_batch: int = 0          # prompts decoded together (x n rows each); 0: all of a
+    prompt_batch: int = 0          # at most this many prompts' rows (x n) decode at once;
+                                   # the others wait and enter as rows finish; 0: all of a
                                    # step's prompts. Lower it to save KV-cache memory; the
                                    # samples are the same either way (per-row keys)
 

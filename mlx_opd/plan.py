@@ -335,7 +335,7 @@ def _read_json(path: Path) -> dict:
 
 
 def plan(cfg, memory_gb: float | None = None, chip: str | None = None,
-         dtype: str = "auto", backend: str | None = None) -> dict:
+         dtype: str = "auto", backend: str | None = None, answers: dict | None = None) -> dict:
     """The prediction for a training config, with the fit verdict and advice. Reads the
     model's config files (a hub model's *.json are fetched alone, no weights) and the
     first samples of the data."""
@@ -361,7 +361,7 @@ def plan(cfg, memory_gb: float | None = None, chip: str | None = None,
                 else list(crop),
                 "memory_bytes": total, "fits": out["peak_bytes"] <= FIT_FRACTION * total})
     if chip:
-        out["time"] = step_time(config, out, cfg, chip)
+        out["time"] = step_time(config, out, cfg, chip, answers)
     if not out["fits"]:
         out["advice"] = advice(config, processor, cfg, full, crop, dtype, backend, quant, total)
     return out
@@ -452,29 +452,66 @@ def _merge(acc, changed, base):
     return acc
 
 
-def step_time(config, pred, cfg, chip: str) -> dict:
-    """Seconds per step on `chip` (CHIPS): matmul FLOPs at MFU of its GPU throughput, and
-    one pass over the weights per decode step at its memory bandwidth."""
+def answer_lengths(run_dir: str | Path) -> dict | None:
+    """A finished run's answer lengths from its metrics.jsonl: the mean over its steps of
+    the mean and of the longest response (tokens, EOS included); None when it has none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    means, longest = [], []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+        if "rollout/mean_response_len" in rec:
+            means.append(rec["rollout/mean_response_len"])
+            longest.append(rec.get("rollout/max_response_len", rec["rollout/mean_response_len"]))
+    if not means:
+        return None
+    return {"mean": sum(means) / len(means), "longest": sum(longest) / len(longest),
+            "steps": len(means), "run": str(run_dir)}
+
+
+def step_time(config, pred, cfg, chip: str, answers: dict | None = None) -> dict:
+    """Seconds per step on `chip` (CHIPS), by phase, as the engine runs it:
+    - prefill: each prompt alone (rollout.py), its FLOPs at MFU of the GPU's throughput;
+    - decode: the rows of rollout.prompt_batch prompts (all: 0) decode together, so each
+      decode step reads the weights once for the whole batch, for as many steps as the
+      batch's longest answer (finished rows leave the batch, so they cost FLOPs only for
+      the tokens they answered);
+    - scoring: the teacher and the student pass (forward + backward) over the answers.
+    Answer lengths are max_tokens unless `answers` (answer_lengths of a finished run)
+    gives the mean and the longest answer per step."""
     if chip not in CHIPS:
         raise ValueError(f"--chip must be one of {', '.join(CHIPS)}; got {chip!r}")
     bw, tflops = CHIPS[chip]
     counts = pred["params"]
     tok = pred["tokens"]
     n, R = tok["rows"], tok["response_max"]
+    mean = min(R, answers["mean"]) if answers else R
+    longest = min(R, answers["longest"]) if answers else R
     lm = counts["text_layers"]
     head = counts["head"] or counts["embed"]
     vis = counts["vision"]
-    flops = 2 * lm * tok["prompt_student"] + 2 * vis * tok["image_full"] * 4     # prefill
-    # scoring: each prompt once and n responses (shared prefix), or n x (prompt + R)
-    rows = 1 if cfg.score.shared_prefix else n
-    flops += 2 * lm * (rows * tok["prompt_teacher"] + n * R)                     # teacher
-    flops += 4 * 2 * lm * (rows * tok["prompt_student"] + n * R)                 # student
-    flops += 3 * 2 * head * n * R                                                # 3 heads
-    weight_reads = R * pred["phases"]["weights"]                                 # decode
+    rate = MFU * tflops * 1e12
     prompts = cfg.optim.prompts_per_step
-    seconds = prompts * (flops / (MFU * tflops * 1e12) + weight_reads / (bw * 1e9))
+    together = min(prompts, cfg.rollout.prompt_batch or prompts)
+    prefill = prompts * (2 * lm * tok["prompt_student"] + 2 * vis * tok["image_full"] * 4
+                         + 2 * head) / rate
+    decode = (math.ceil(prompts / together) * longest * pred["phases"]["weights"] / (bw * 1e9)
+              + prompts * n * mean * 2 * (lm + head) / rate)
+    # scoring: each prompt once and n responses (shared prefix), or n x (prompt + answer)
+    rows = 1 if cfg.score.shared_prefix else n
+    flops = 2 * lm * (rows * tok["prompt_teacher"] + n * mean)                    # teacher
+    flops += 4 * 2 * lm * (rows * tok["prompt_student"] + n * mean)               # student
+    flops += 3 * 2 * head * n * mean                                              # 3 heads
+    scoring = prompts * flops / rate
     return {"chip": chip, "bandwidth_GBps": bw, "fp16_TFLOPs": tflops, "mfu": MFU,
-            "seconds_per_step": seconds, "flops_per_prompt": flops}
+            "answer_tokens_mean": mean, "answer_tokens_longest": longest,
+            "answers_from": answers["run"] if answers else "rollout.max_tokens",
+            "prefill_seconds": prefill, "decode_seconds": decode, "scoring_seconds": scoring,
+            "seconds_per_step": prefill + decode + scoring}
 
 
 def generation_time(config: dict, chip: str, prompts: int, prompt_tokens: int,
@@ -541,7 +578,12 @@ def format_plan(p: dict) -> str:
              f"  predicted peak {g(p['peak_bytes'])} of {g(p['memory_bytes'])} -> "
              + ("fits" if p["fits"] else "does NOT fit (keep 20% free)")]
     if "time" in p:
-        lines.append(f"  about {p['time']['seconds_per_step']:.0f} s per step on {p['time']['chip']}")
+        t = p["time"]
+        lines.append(f"  about {t['seconds_per_step']:.0f} s per step on {t['chip']}: prefill "
+                     f"{t['prefill_seconds']:.0f} s, decode {t['decode_seconds']:.0f} s, "
+                     f"scoring {t['scoring_seconds']:.0f} s (answers of "
+                     f"{t['answer_tokens_mean']:.0f} tokens on average, the longest "
+                     f"{t['answer_tokens_longest']:.0f}: {t['answers_from']})")
     for a in p.get("advice", []):
         lines.append(f"  {'combined: ' if a.get('combined') else 'try '}{a['set']} -> "
                      f"{g(a['peak_bytes'])}{' (fits)' if a['fits'] else ''}")

@@ -166,13 +166,11 @@ def roll_out(loaded, samples: list[Sample], cfg: TrainConfig, keys, beat=lambda:
     encs = [student_prompt(loaded, s, cfg, step) for s in samples]
     features = [models.input_features(loaded.model, e) if frozen_inputs(cfg) else None
                 for e in encs]
-    size = cfg.rollout.prompt_batch or len(encs)
-    outs = []
-    for a in range(0, len(encs), size):  # groups of rollout.prompt_batch prompts
-        outs += sample_prompts(loaded, encs[a:a + size], cfg.rollout.n, cfg.rollout.max_tokens,
-                               cfg.rollout.temperature, keys[a:a + size],
-                               cfg.rollout.block_pad_tokens, features[a:a + size])
-        beat()  # the watchdog hears from every group, not once per (long) step
+    # rollout.prompt_batch bounds the rows decoding at once; waiting prompts enter as
+    # rows finish, and the watchdog hears from each (not once per long step)
+    outs = sample_prompts(loaded, encs, cfg.rollout.n, cfg.rollout.max_tokens,
+                          cfg.rollout.temperature, keys, cfg.rollout.block_pad_tokens, features,
+                          capacity=cfg.rollout.prompt_batch * cfg.rollout.n, beat=beat)
     return encs, outs, features
 
 
@@ -541,8 +539,10 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
     rollout_seconds = sum(r.seconds for _, _, r, _ in rolled)
     lengths = [len(t) for _, _, r, _ in rolled for t in r.token_ids]
     finished = sum(f for _, _, r, _ in rolled for f in r.finished)
-    n_tokens, n_seqs, finished = distributed.sum_floats(
-        [sum(lengths), len(lengths), finished], dist)
+    computed = sum(r.computed_tokens for _, _, r, _ in rolled)
+    n_tokens, n_seqs, finished, computed = distributed.sum_floats(
+        [sum(lengths), len(lengths), finished, computed], dist)
+    longest = max(distributed.gather_float(float(max(lengths, default=0)), dist))
     normaliser = n_tokens if cfg.loss.reduction == "token_mean" else n_seqs
     rollout_peak = mx.get_peak_memory()
     grads, loss, agree, phases = None, 0.0, 0, []
@@ -575,7 +575,12 @@ def train_step(cfg, loaded, optimizer, teacher, samples, state: RunState,
         "loss/objective" if cfg.loss.estimator != "sampled" else "loss/surrogate": loss,
         "rollout/tokens": n_tokens,
         "rollout/mean_response_len": n_tokens / max(n_seqs, 1),
+        "rollout/max_response_len": longest,
         "rollout/finished_frac": finished / max(n_seqs, 1),
+        # positions the decode computed (a row's tokens, plus up to rollout.CHECK_EVERY - 1
+        # past its EOS before it leaves the batch): kept / computed is the useful fraction
+        "rollout/tokens_computed": computed,
+        "rollout/useful_frac": n_tokens / max(computed, 1),
         "rollout/tokens_per_s": n_tokens / max(max(per_rank), 1e-9),
         "rollout/seconds": max(per_rank),
         "time/step_seconds": time.perf_counter() - t0,

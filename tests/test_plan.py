@@ -150,3 +150,47 @@ def test_generation_time_counts_prefill_decode_and_weight_reads():
     assert four < t
     with pytest.raises(ValueError, match="--chip"):
         plan.generation_time(cfg, "m9", 1, 1, 1, 1)
+
+
+def test_step_time_counts_decode_as_the_engine_runs_it(tiny_dir, tmp_path):
+    """One weight read per decode step of the whole batch (4 prompts decoded together cost
+    less than 4 groups of one, which cost 4x one prompt); a finished run's answer lengths
+    replace max_tokens in decode and scoring, not in prefill; the phases add up."""
+    model = tiny_dir["qwen2_5_vl"]
+
+    def timing(prompts, together=0, answers=None):
+        cfg = _cfg(model, **{"optim.prompts_per_step": prompts, "rollout.prompt_batch": together})
+        return planner.plan(cfg, memory_gb=64, chip="m3-max", answers=answers)["time"]
+
+    one, four, groups = timing(1), timing(4), timing(4, together=1)
+    for t in (one, four, groups):
+        assert t["seconds_per_step"] == pytest.approx(
+            t["prefill_seconds"] + t["decode_seconds"] + t["scoring_seconds"], rel=1e-12)
+    assert groups["decode_seconds"] == pytest.approx(4 * one["decode_seconds"], rel=1e-12)
+    assert four["decode_seconds"] < groups["decode_seconds"]
+    assert four["prefill_seconds"] == pytest.approx(4 * one["prefill_seconds"], rel=1e-12)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 1, "rollout/mean_response_len": 3.0, "rollout/max_response_len": 5.0},
+            {"step": 2, "rollout/mean_response_len": 5.0, "rollout/max_response_len": 7.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "ro')
+    answers = planner.answer_lengths(run)
+    assert (answers["mean"], answers["longest"], answers["steps"]) == (4.0, 6.0, 2)
+    short = timing(4, answers=answers)
+    assert short["answers_from"] == str(run) and short["answer_tokens_mean"] == 4.0
+    assert short["prefill_seconds"] == four["prefill_seconds"]
+    assert short["decode_seconds"] < four["decode_seconds"]
+    assert short["scoring_seconds"] < four["scoring_seconds"]
+
+
+def test_plan_answers_from_a_folder_without_metrics_is_one_line(tiny_dir, tmp_path):
+    r = CliRunner().invoke(main, ["plan", "--config", str(EXAMPLE), "--model",
+                                  str(tiny_dir["qwen2_5_vl"]), "--data", str(DATA),
+                                  "--chip", "m3-pro", "--answers-from", str(tmp_path)])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "--answers-from" in r.output and "metrics.jsonl" in r.output
+    ok = CliRunner().invoke(main, ["plan", "--config", str(EXAMPLE), "--model",
+                                   str(tiny_dir["qwen2_5_vl"]), "--data", str(DATA),
+                                   "--chip", "m3-pro"])
+    assert ok.exit_code == 0 and "decode" in ok.output and "scoring" in ok.output

@@ -107,12 +107,19 @@ def test_checkpointing_is_undone(loaded):
 
 # --- rollouts: several prompts decoded together -------------------------------------------
 
-def _teacher_forced_logprobs(L, enc, rows, temperature):
+def _teacher_forced_logprobs(L, enc, rows, temperature, forced=None, first_row=0):
     """The sampler's distribution recomputed by teacher forcing (duplicated batch): the
-    log-prob of each kept token after temperature and the pad-token bias."""
+    log-prob of each kept token after temperature, the pad-token bias and, with `forced`
+    (answer_lengths.ForcedLengths; rows first_row, first_row + 1, ...), its bias."""
     batch = models.make_batch([enc] * len(rows), rows)
     z = models.response_logits(L.model, batch).astype(mx.float32) / temperature
     z = z + models.sampling_bias(L, z.shape[-1])
+    if forced is not None:
+        T = z.shape[1]
+        pos = mx.broadcast_to(mx.arange(T)[None, :], (len(rows), T)).reshape(-1)
+        lengths = mx.array(forced.lengths)[first_row:first_row + len(rows)]
+        length = mx.repeat(lengths, T)
+        z = z + forced._bias(pos, length, z.shape[-1]).reshape(z.shape)
     lp = z - mx.logsumexp(z, -1, keepdims=True)
     return [[float(lp[i, t, tok].item()) for t, tok in enumerate(r)] for i, r in enumerate(rows)]
 
@@ -146,6 +153,72 @@ def test_prompts_decoded_together_match_teacher_forcing(family, loaded):
     alone = rollout.sample_prompts(L, encs[1:2], 3, 7, temperature=1.2, keys=keys[1:2])[0]
     assert alone.token_ids == outs[1].token_ids
     np.testing.assert_allclose(sum(alone.logprobs, []), sum(outs[1].logprobs, []), **FP32)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_finished_rows_leave_the_batch_and_change_no_sample(family, loaded):
+    """Rows that stopped leave the batch (issue 32): on a length-varying workload (EOS
+    forced at drawn lengths) every row samples the same ids as when all rows decode to
+    the end, each kept token's log-prob equals the teacher-forced one (1e-5), the rows end
+    where forced, and the decode computes fewer positions."""
+    from mlx_opd.answer_lengths import ForcedLengths, draw_lengths
+
+    from .conftest import random_image
+
+    L = loaded(family)
+    L.model.eval()
+    encs = [models.encode(L, random_image(20 + i, h, w), q) for i, (h, w, q) in
+            enumerate([(60, 80, "What is it?"), (40, 40, "Which colour is the box?")])]
+    n, T = 4, 30
+    lengths = draw_lengths(2 * n, T, seed=3)
+    assert min(lengths) < rollout.CHECK_EVERY < max(lengths)  # some leave, some go on
+    forced = ForcedLengths(lengths, tuple(models.eos_token_ids(L)))
+    keys = [mx.random.key(7), mx.random.key(8)]
+    leave = rollout.sample_prompts(L, encs, n, T, 1.2, keys, processor=forced)
+    stay = rollout.sample_prompts(L, encs, n, T, 1.2, keys, processor=forced, leave=False)
+    assert [len(t) for r in leave for t in r.token_ids] == lengths
+    assert all(f for r in leave for f in r.finished)
+    for a, b in zip(leave, stay):
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(sum(a.logprobs, []), sum(b.logprobs, []), **FP32)
+        assert sum(len(t) for t in a.token_ids) <= a.computed_tokens < b.computed_tokens
+        # without leaving, every row runs until the check after the longest row's EOS
+        C = rollout.CHECK_EVERY
+        assert b.computed_tokens == n * min(T, -(-max(lengths) // C) * C)
+    for p, (enc, r) in enumerate(zip(encs, leave)):
+        want = _teacher_forced_logprobs(L, enc, r.token_ids, 1.2, forced, p * n)
+        for got_row, want_row in zip(r.logprobs, want):
+            np.testing.assert_allclose(got_row, want_row, **FP32)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_waiting_prompts_enter_as_rows_leave(family, loaded):
+    """With room for two prompts' rows, the third prompt waits and enters when the first
+    prompt's rows have left (its cache joins the batch at another offset): every row
+    samples what it samples with all prompts at once, and its log-probs equal the
+    teacher-forced ones (1e-5)."""
+    from mlx_opd.answer_lengths import ForcedLengths
+
+    from .conftest import random_image
+
+    L = loaded(family)
+    L.model.eval()
+    encs = [models.encode(L, random_image(40 + i, h, w), q) for i, (h, w, q) in
+            enumerate([(60, 80, "What is it?"), (40, 40, "Q?"),
+                       (120, 90, "Which colour is the box, exactly?")])]
+    n, T = 2, 20
+    forced = ForcedLengths([3, 3, 20, 15, 5, 12], tuple(models.eos_token_ids(L)))
+    keys = [mx.random.key(30 + i) for i in range(3)]
+    together = rollout.sample_prompts(L, encs, n, T, 1.2, keys, processor=forced)
+    entered = rollout.sample_prompts(L, encs, n, T, 1.2, keys, processor=forced, capacity=4)
+    for a, b in zip(together, entered):
+        assert a.token_ids == b.token_ids
+    for p, (enc, b) in enumerate(zip(encs, entered)):
+        want = _teacher_forced_logprobs(L, enc, b.token_ids, 1.2, forced, p * n)
+        for got_row, want_row in zip(b.logprobs, want):
+            np.testing.assert_allclose(got_row, want_row, **FP32)
 
 
 def test_rows_stop_independently(loaded):

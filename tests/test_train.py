@@ -145,6 +145,10 @@ def test_train_cli_writes_everything(tiny_dir, tmp_path):
                 "teacher/argmax_agreement"):
         assert all(np.isfinite(row[key]) for row in rows), key
     assert all(row["loss/objective"] > 0 for row in rows)
+    for row in rows:  # what the rows kept vs what the decode computed
+        assert row["rollout/tokens"] <= row["rollout/tokens_computed"]
+        assert row["rollout/useful_frac"] == row["rollout/tokens"] / row["rollout/tokens_computed"]
+        assert row["rollout/mean_response_len"] <= row["rollout/max_response_len"]
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["optim"]["max_steps"] == 3 and resolved["model"]["path"] == str(tiny_dir["qwen2_5_vl"])
     assert [p.name for p in checkpoint.complete(out)] == ["step_000002", "step_000003"]  # keep 2

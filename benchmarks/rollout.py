@@ -1,0 +1,224 @@
+"""Rollout engines side by side, in one run: the loop before issue 32, ours, mlx-vlm's peer.
+
+    python benchmarks/rollout.py --json runs/bench/rollout.json
+
+Engines, each given the same prompts, rows and answer lengths:
+- `loop`: rollout.sample_prompts(leave=False), every row decodes until the last one of
+  the batch stops (mlx-opd's loop before issue 32);
+- `ours`: rollout.sample_prompts(), rows that stopped leave the batch at the next host
+  check (every rollout.CHECK_EVERY decode steps);
+- `loop@K`, `ours@K` (with --room K): at most K prompts' rows at once
+  (rollout.prompt_batch = K): the loop runs groups of K one after another, ours lets a
+  waiting prompt enter as rows leave;
+- `batch_generate`: mlx_vlm.generate.batch_generate (its BatchGenerator: continuous
+  batching, batched prefill) on the same images and questions, each prompt given n times
+  (it has no "n samples of one prompt"), sampling at temperature 1.
+
+Workloads (mlx_opd/answer_lengths.py): `varying`, each row's length drawn from the stated
+mix of direct and reasoned answers and forced with a logits processor (the same lengths
+for every engine: the batched form for ours, the per-row form for mlx-vlm's); `fixed`,
+every row runs to --max-tokens.
+
+Models: the ~100M random model of benchmarks/train_step.py with a 448x448 image, and a
+replica with Qwen2.5-VL-3B's widths (2 decoder layers, 2 vision layers, random weights,
+float32) with a 1280x960 photo. Shapes: prompts x rows (--shapes).
+
+Per run: seconds (whole rollout, prefill, decode), kept tokens (what the rows answered,
+EOS included), computed tokens (positions the decode ran, per row), the useful fraction
+kept / computed, whole-rollout and decode tokens/s (kept tokens per second), peak memory.
+batch_generate reports its prompt and generation seconds; its computed tokens are its
+kept ones (finished rows leave its batch at once). One measurement per cell (minutes on
+a CPU), after a short warm-up of each model; `--skip` names cells to leave out
+(model:shape:workload:engine, `*` matching anything, e.g. "3B:16x8:*:batch_generate")
+and the JSON marks them skipped.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+# isort: off
+import mlx_opd  # noqa: F401  (first: preloads the BLAS before mlx.core is imported)
+import mlx.core as mx
+# isort: on
+
+from mlx_opd import models, rollout, trainer
+from mlx_opd.answer_lengths import ForcedLengths, draw_lengths, fixed_lengths
+from mlx_opd.config import TrainConfig, build
+
+LONG_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def build_model(name: str, workdir: Path):
+    """(loaded model, image size) for `name` ("100M" or "3B")."""
+    if name == "3B":
+        from mlx_opd.replicas import build_replica
+
+        return models.load(build_replica(LONG_MODEL, workdir / "replica", layers=2,
+                                         vision_layers=2)), (1280, 960)
+    from train_step import SIZES
+
+    from mlx_opd.tiny import build_tiny_model
+
+    return models.load(build_tiny_model("qwen2_5_vl", workdir / name, seed=0,
+                                        size=SIZES[name])), (448, 448)
+
+
+def prompts(loaded, workdir: Path, count: int, size):
+    """`count` (image path, question, encoded student prompt) from synthetic photos."""
+    from train_step import photo_sample
+
+    cfg = build(TrainConfig, {}, "bench")
+    out = []
+    for seed in range(count):
+        s = photo_sample(workdir, seed, size)
+        out.append((s.image, s.question, trainer.student_prompt(loaded, s, cfg)))
+    return out
+
+
+def run_ours(loaded, encs, n, T, lengths, leave: bool, room: int = 0) -> dict:
+    eos = tuple(models.eos_token_ids(loaded))
+    keys = [mx.random.key(p) for p in range(len(encs))]
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    outs = rollout.sample_prompts(loaded, encs, n, T, 1.0, keys,
+                                  processor=ForcedLengths(lengths, eos), leave=leave,
+                                  capacity=room * n)
+    seconds = time.perf_counter() - t0
+    kept = [len(row) for r in outs for row in r.token_ids]
+    assert kept == [min(x, T) for x in lengths], "the rows did not stop where forced"
+    prefill = sum(r.prefill_seconds for r in outs)
+    return cell(seconds, prefill, sum(kept), sum(r.computed_tokens for r in outs),
+                mx.get_peak_memory())
+
+
+def run_batch_generate(loaded, items, n, T, lengths) -> dict:
+    from mlx_vlm.generate import batch_generate
+    from PIL import Image
+
+    eos = tuple(models.eos_token_ids(loaded))
+    forced = ForcedLengths(lengths, eos)
+    images = [Image.open(img).convert("RGB") for img, _, _ in items for _ in range(n)]
+    questions = [q for _, q, _ in items for _ in range(n)]
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    res = batch_generate(loaded.model, loaded.processor, images=images, prompts=questions,
+                         max_tokens=T, logits_processors=[[forced.for_row(r)]
+                                                          for r in range(len(images))],
+                         sampler=lambda logprobs: mx.random.categorical(logprobs))
+    seconds = time.perf_counter() - t0
+    kept = int(res.stats.generation_tokens)
+    assert kept == sum(min(x, T) for x in lengths), "the rows did not stop where forced"
+    return cell(seconds, res.stats.prompt_time, kept, kept, mx.get_peak_memory())
+
+
+def cell(seconds, prefill, kept, computed, peak) -> dict:
+    decode = max(seconds - prefill, 1e-9)
+    return {"seconds": seconds, "prefill_seconds": prefill, "decode_seconds": decode,
+            "tokens_kept": kept, "tokens_computed": computed,
+            "useful_fraction": kept / max(computed, 1),
+            "rollout_tokens_per_s": kept / seconds, "decode_tokens_per_s": kept / decode,
+            "peak_bytes": int(peak)}
+
+
+ENGINES = ("loop", "ours", "batch_generate")
+
+
+def engine_checks(loaded, image) -> dict:
+    """What mlx-vlm's batch engine does with n samples of one prompt (mlx-vlm 0.7.10):
+    - its seeded sampler (_PositionedTargetSampler, what generate_step builds for a seed)
+      keys each draw by (seed, row, position), but GenerationBatch._step and
+      PromptProcessingBatch.generate pass row_ids=[0] * rows (generate/ar.py): every row
+      of a prompt draws the same token at each position, so the n samples are identical;
+    - unseeded, the draws come from MLX's global generator over the whole batch: a row's
+      sample depends on its batch-mates, so a run resumed with a different batch (or a
+      prompt decoded alone) does not sample what it sampled before."""
+    from mlx_vlm.generate import batch_generate
+    from mlx_vlm.generate.ar import _PositionedTargetSampler
+
+    def texts(rows, sampler):
+        mx.random.seed(0)
+        return batch_generate(loaded.model, loaded.processor, images=[image] * rows,
+                              prompts=["Describe the picture."] * rows, max_tokens=12,
+                              sampler=sampler).texts
+
+    seeded = texts(4, _PositionedTargetSampler(temperature=1.0, top_p=1.0, seed=0))
+    plain = lambda lp: mx.random.categorical(lp)  # noqa: E731
+    four, one = texts(4, plain), texts(1, plain)
+    return {"seeded_sampler_rows_identical": len(set(seeded)) == 1,
+            "unseeded_rows_differ": len(set(four)) > 1,
+            "unseeded_row0_alone_equals_row0_in_batch": one[0] == four[0]}
+
+
+def skipped(patterns, cell_id) -> bool:
+    return any(all(p in ("*", c) for p, c in zip(pat.split(":"), cell_id))
+               for pat in patterns)
+
+
+def measure(loaded, items, n, T, workload, engine, seed) -> dict:
+    rows = len(items) * n
+    lengths = draw_lengths(rows, T, seed) if workload == "varying" else fixed_lengths(rows, T)
+    encs = [e for _, _, e in items]
+    if engine == "batch_generate":
+        return run_batch_generate(loaded, items, n, T, lengths)
+    name, _, room = engine.partition("@")
+    return run_ours(loaded, encs, n, T, lengths, leave=name == "ours", room=int(room or 0))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--models", default="100M,3B")
+    ap.add_argument("--shapes", default="4x8,16x8", help="prompts x rows per prompt")
+    ap.add_argument("--workloads", default="varying,fixed")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the answer lengths")
+    ap.add_argument("--room", type=int, default=0,
+                    help="also run loop@K and ours@K, K prompts' rows at once (shapes with "
+                         "more than K prompts)")
+    ap.add_argument("--skip", default="", help="cells to leave out: model:shape:engine,...")
+    args = ap.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
+    out = {"max_tokens": args.max_tokens, "check_every": rollout.CHECK_EVERY,
+           "lengths": "answer_lengths.draw_lengths", "seed": args.seed, "records": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            work = Path(tmp) / name
+            work.mkdir()
+            loaded, size = build_model(name, work)
+            warm = prompts(loaded, work, 1, size)
+            run_ours(loaded, [e for _, _, e in warm], 2, 4, [3, 5], True)  # kernels, caches
+            if "engine_checks" not in out:
+                from PIL import Image
+
+                small = Image.open(warm[0][0]).convert("RGB").resize((224, 224))
+                out["engine_checks"] = engine_checks(loaded, small)
+                print(json.dumps(out["engine_checks"]), flush=True)
+            for shape in args.shapes.split(","):
+                P, n = (int(x) for x in shape.split("x"))
+                items = prompts(loaded, work, P, size)
+                for workload in args.workloads.split(","):
+                    extra = [f"loop@{args.room}", f"ours@{args.room}"] \
+                        if 0 < args.room < P else []
+                    for engine in list(ENGINES) + extra:
+                        rec = {"model": name, "image": list(size), "prompts": P, "rows": n,
+                               "workload": workload, "engine": engine,
+                               "prompt_tokens": items[0][2].prompt_len}
+                        if skipped(skip, (name, shape, workload, engine)):
+                            rec["skipped"] = "--skip"
+                        else:
+                            rec.update(measure(loaded, items, n, args.max_tokens, workload,
+                                               engine, args.seed))
+                        print(json.dumps(rec), flush=True)
+                        out["records"].append(rec)
+                        args.json.parent.mkdir(parents=True, exist_ok=True)
+                        args.json.write_text(json.dumps(out, indent=1))
+            del loaded
+            mx.clear_cache()
+    print(f"wrote {args.json}; next: python benchmarks/report.py {args.json.parent}")
+
+
+if __name__ == "__main__":
+    main()
