@@ -3,6 +3,8 @@
     python benchmarks/rollout.py --json runs/bench/rollout.json
 
 Engines, each given the same prompts, rows and answer lengths:
+- `before` (fixed workload only): sample_prompts as it was before issue 32, loaded from
+  git (commit BEFORE) into the package, as the fixed-length workload's "today";
 - `loop`: rollout.sample_prompts(leave=False), every row decodes until the last one of
   the batch stops (mlx-opd's loop before issue 32);
 - `ours`: rollout.sample_prompts(), rows that stopped leave the batch at the next host
@@ -27,8 +29,8 @@ Per run: seconds (whole rollout, prefill, decode), kept tokens (what the rows an
 EOS included), computed tokens (positions the decode ran, per row), the useful fraction
 kept / computed, whole-rollout and decode tokens/s (kept tokens per second), peak memory.
 batch_generate reports its prompt and generation seconds; its computed tokens are its
-kept ones (finished rows leave its batch at once). One measurement per cell (minutes on
-a CPU), after a short warm-up of each model; `--skip` names cells to leave out
+kept ones (finished rows leave its batch at once). --repeats runs per cell (the median
+run is kept, every run's seconds listed), after a short warm-up of each model; `--skip` names cells to leave out
 (model:shape:workload:engine, `*` matching anything, e.g. "3B:16x8:*:batch_generate")
 and the JSON marks them skipped.
 """
@@ -49,6 +51,35 @@ from mlx_opd.answer_lengths import ForcedLengths, draw_lengths, fixed_lengths
 from mlx_opd.config import TrainConfig, build
 
 LONG_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+BEFORE = "39de53d"  # the last commit with the loop that kept finished rows
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loop_before():
+    """sample_prompts of rollout.py at BEFORE, as a module of the package (its relative
+    imports resolve to today's models and prefix, whose functions it calls unchanged)."""
+    import importlib.util
+    import subprocess
+
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:mlx_opd/rollout.py"],
+                          capture_output=True, text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("mlx_opd._rollout_before", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "mlx_opd"
+    exec(compile(text, f"{BEFORE}:mlx_opd/rollout.py", "exec"), module.__dict__)
+    return module.sample_prompts
+
+
+def run_before(loaded, encs, n, T) -> dict:
+    keys = [mx.random.key(p) for p in range(len(encs))]
+    sample = loop_before()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    outs = sample(loaded, encs, n, T, 1.0, keys)
+    seconds = time.perf_counter() - t0
+    kept = sum(len(row) for r in outs for row in r.token_ids)
+    return cell(seconds, sum(r.prefill_seconds for r in outs), kept, len(encs) * n * T,
+                mx.get_peak_memory())
 
 
 def build_model(name: str, workdir: Path):
@@ -123,7 +154,7 @@ def cell(seconds, prefill, kept, computed, peak) -> dict:
             "peak_bytes": int(peak)}
 
 
-ENGINES = ("loop", "ours", "batch_generate")
+ENGINES = ("before", "loop", "ours", "batch_generate")
 
 
 def engine_checks(loaded, image) -> dict:
@@ -161,6 +192,8 @@ def measure(loaded, items, n, T, workload, engine, seed) -> dict:
     rows = len(items) * n
     lengths = draw_lengths(rows, T, seed) if workload == "varying" else fixed_lengths(rows, T)
     encs = [e for _, _, e in items]
+    if engine == "before":
+        return run_before(loaded, encs, n, T)
     if engine == "batch_generate":
         return run_batch_generate(loaded, items, n, T, lengths)
     name, _, room = engine.partition("@")
@@ -178,6 +211,7 @@ def main():
     ap.add_argument("--room", type=int, default=0,
                     help="also run loop@K and ours@K, K prompts' rows at once (shapes with "
                          "more than K prompts)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per cell (the median kept)")
     ap.add_argument("--skip", default="", help="cells to leave out: model:shape:engine,...")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
@@ -206,11 +240,17 @@ def main():
                         rec = {"model": name, "image": list(size), "prompts": P, "rows": n,
                                "workload": workload, "engine": engine,
                                "prompt_tokens": items[0][2].prompt_len}
+                        if engine == "before" and workload != "fixed":
+                            continue  # it has no logits processor: fixed lengths only
                         if skipped(skip, (name, shape, workload, engine)):
                             rec["skipped"] = "--skip"
                         else:
-                            rec.update(measure(loaded, items, n, args.max_tokens, workload,
-                                               engine, args.seed))
+                            runs = sorted((measure(loaded, items, n, args.max_tokens,
+                                                   workload, engine, args.seed)
+                                           for _ in range(args.repeats)),
+                                          key=lambda c: c["seconds"])
+                            rec.update(runs[len(runs) // 2])  # the median run
+                            rec["seconds_all"] = [c["seconds"] for c in runs]
                         print(json.dumps(rec), flush=True)
                         out["records"].append(rec)
                         args.json.parent.mkdir(parents=True, exist_ok=True)
