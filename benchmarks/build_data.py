@@ -3,7 +3,7 @@
     python benchmarks/build_data.py --json runs/bench/build_data.json [--photos 3]
 
 Measured: `build_data` on --photos photo-sized scenes (1280x960, synth.write_photo_folder)
-with a replica of --model (mlx_opd/replicas.py: the real widths, --layers text layers and
+with a replica of --model (mlx_opd/models/replicas.py: the real widths, --layers text layers and
 2 vision blocks, random weights, float32 on this CPU). A random model writes no usable
 answer, so each stage runs in the build that exercises it and every answer runs to its
 token budget (the worst case): (a) regions listed by the model; (b) the user's boxes
@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 
 import mlx_opd  # noqa: F401  (first: preloads the BLAS)
-from mlx_opd import models, plan
-from mlx_opd.build.config import BuildConfig, ConsensusConfig, MiningConfig, QuestionConfig
-from mlx_opd.build.pipeline import build_data, stage_mining
-from mlx_opd.build.store import Store
-from mlx_opd.config import SynthConfig, ViewConfig
-from mlx_opd.replicas import REAL_MODELS, build_replica
-from mlx_opd.synth import write_photo_folder
-from mlx_opd.views import crop_box
+from mlx_opd import models
+from mlx_opd.builder.config import BuildConfig, ConsensusConfig, MiningConfig, QuestionConfig
+from mlx_opd.builder.pipeline import build_data, stage_mining
+from mlx_opd.builder.store import Store
+from mlx_opd.method.views import crop_box
+from mlx_opd.models.replicas import REAL_MODELS, build_replica
+from mlx_opd.preflight import plan
+from mlx_opd.run.config import SynthConfig, ViewConfig
+from mlx_opd.toy.synth import write_photo_folder
 
 CHIPS = ("m2", "m3-pro", "m4-max")
 TYPICAL = {"regions": 150, "question": 60, "check": 20, "answer": 4}
@@ -114,7 +115,7 @@ def mac_estimate(config: dict, sizes: dict, regions: int, k: int = 8,
 def fit_rows(memories=(16, 32)) -> list[dict]:
     """Per real model, bf16 and 4-bit: plan's rollout-phase peak on Metal (a build's peak:
     inference, 8 rows over a 1280x960 photo) and whether it fits each memory size."""
-    from mlx_opd.config import load_train_config
+    from mlx_opd.run.config import load_train_config
 
     cfg = load_train_config(None, {"model.path": "x", "data.path": "y"})
     return [{"model": r["model"], "bits": r["bits"],

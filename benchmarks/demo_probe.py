@@ -4,7 +4,7 @@
 
 Builds (or reuses) the demo's base under this process's numeric configuration, and the
 untrained initial model with the same seed, then fits linear probes for the evidence
-colour on their full-view features (`mlx_opd/demo_probe.py`) and writes the held-out
+colour on their full-view features (`mlx_opd/toy/demo_probe.py`) and writes the held-out
 accuracies, with the numeric configuration, as JSON.
 """
 
@@ -25,12 +25,12 @@ def main() -> None:
     a = ap.parse_args()
 
     from mlx_opd import models
-    from mlx_opd.config import DataConfig
     from mlx_opd.data import read_samples
-    from mlx_opd.demo import DemoRecipe, build_base, numerics, tiny_size
-    from mlx_opd.demo_probe import PROBE_SEED_OFFSET, probe
-    from mlx_opd.synth import write_split
-    from mlx_opd.tiny import build_tiny_model
+    from mlx_opd.run.config import DataConfig
+    from mlx_opd.toy.demo import DemoRecipe, build_base, numerics, tiny_size
+    from mlx_opd.toy.demo_probe import PROBE_SEED_OFFSET, probe
+    from mlx_opd.toy.synth import write_split
+    from mlx_opd.toy.tiny import build_tiny_model
 
     r = DemoRecipe()
     cache = Path(a.cache)

@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--prompts-per-step", type=int, default=4)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from mlx_opd.tiny import build_tiny_model
+    from mlx_opd.toy.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

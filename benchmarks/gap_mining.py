@@ -31,16 +31,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlx_opd  # noqa: F401  (first: preloads the BLAS)
-from mlx_opd import demo, models
-from mlx_opd.build import ask
-from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
-from mlx_opd.build.mining import mine, precision_recall
-from mlx_opd.build.pipeline import build_data
-from mlx_opd.build.store import Store
-from mlx_opd.config import COLOURS, PixelConfig
-from mlx_opd.synth import HELDOUT_SEED_OFFSET, write_photo_folder, write_split
-from mlx_opd.trainer import train
-from mlx_opd.views import plain_view
+from mlx_opd import models
+from mlx_opd.builder import ask
+from mlx_opd.builder.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
+from mlx_opd.builder.mining import mine, precision_recall
+from mlx_opd.builder.pipeline import build_data
+from mlx_opd.builder.store import Store
+from mlx_opd.method.trainer import train
+from mlx_opd.method.views import plain_view
+from mlx_opd.run.config import COLOURS, PixelConfig
+from mlx_opd.toy import demo
+from mlx_opd.toy.synth import HELDOUT_SEED_OFFSET, write_photo_folder, write_split
 
 POOL_SEED_OFFSET = 9_000_011  # the pool's scenes: disjoint from the demo's streams
 
@@ -48,7 +49,7 @@ POOL_SEED_OFFSET = 9_000_011  # the pool's scenes: disjoint from the demo's stre
 def truth_labels(cfg: BuildConfig, data: Path, truth: dict, n: int, log) -> dict:
     """Mining's verdicts against the known answers: (predicted, truth) per item that
     reached mining, truth from n fresh samples and from the greedy answers."""
-    from mlx_opd.build.pipeline import _sample
+    from mlx_opd.builder.pipeline import _sample
 
     qs, cons, mined = (Store(data, s).records for s in ("questions", "consensus", "mining"))
     miner = models.load(cfg.miner, cfg.adapter)

@@ -30,8 +30,8 @@ import mlx.core as mx
 import mlx.nn as nn
 # isort: on
 
-from mlx_opd.loss import fused_token_divergence, token_divergence, token_divergence_reference
 from mlx_opd.metal import kernels
+from mlx_opd.method.loss import fused_token_divergence, token_divergence, token_divergence_reference
 
 MEM_BUDGET = 0.7  # fraction of the machine's memory a single variant may plan to use
 

@@ -3,7 +3,7 @@
     python benchmarks/real_shapes.py --json docs/benchmarks/real_shapes.json
     python benchmarks/real_shapes.py --models Qwen/Qwen2-VL-2B-Instruct --layers 2 4 --json OUT
 
-For each replica (mlx_opd/replicas.py: real config, tokenizer and template, random
+For each replica (mlx_opd/models/replicas.py: real config, tokenizer and template, random
 weights) at 2 and 4 text layers (2 vision blocks), one `mlx-opd train` step in a fresh
 process on one 1280x960 photo-like image with a small evidence box: image tokens per view,
 prompt lengths, time and peak memory per phase (the trainer's own metrics), next to what
@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 
 import mlx_opd  # noqa: E402,F401  (first: preloads the BLAS)
-from mlx_opd import plan as planner  # noqa: E402
-from mlx_opd.config import load_train_config  # noqa: E402
-from mlx_opd.replicas import REAL_MODELS, build_replica  # noqa: E402
+from mlx_opd.models.replicas import REAL_MODELS, build_replica  # noqa: E402
+from mlx_opd.preflight import plan as planner  # noqa: E402
+from mlx_opd.run.config import load_train_config  # noqa: E402
 
 BOX = [600, 400, 660, 450]  # a 60x50 px evidence box in the 1280x960 photo
 SETTINGS = {"rollout.n": 2, "rollout.max_tokens": 16, "optim.prompts_per_step": 1,
@@ -123,7 +123,7 @@ def main():
 def fit_table_markdown(memories=(8, 16, 24, 32, 64)) -> str:
     """The README table: plan's Metal peaks for every real model at n = 8, 256 tokens,
     checkpointing, at default pixels and at max_pixels 401408."""
-    from mlx_opd.plan import GIB, fit_table
+    from mlx_opd.preflight.plan import GIB, fit_table
 
     base = {"memory.grad_checkpoint": True}
     a = fit_table(load_train_config(None, base), memories=memories)
@@ -143,8 +143,8 @@ def fit_table_markdown(memories=(8, 16, 24, 32, 64)) -> str:
 
 def repredict(path: Path) -> None:
     """plan's predictions again for every measured run (config files only, no weights)."""
-    from mlx_opd.plan import predict
-    from mlx_opd.replicas import preprocessor_config, replica_config
+    from mlx_opd.models.replicas import preprocessor_config, replica_config
+    from mlx_opd.preflight.plan import predict
 
     results = json.loads(path.read_text())
     cfg = load_train_config(None, dict(SETTINGS))

@@ -16,7 +16,7 @@ Engines, each given the same prompts, rows and answer lengths:
   batching, batched prefill) on the same images and questions, each prompt given n times
   (it has no "n samples of one prompt"), sampling at temperature 1.
 
-Workloads (mlx_opd/answer_lengths.py): `varying`, each row's length drawn from the stated
+Workloads (mlx_opd/toy/answer_lengths.py): `varying`, each row's length drawn from the stated
 mix of direct and reasoned answers and forced with a logits processor (the same lengths
 for every engine: the batched form for ours, the per-row form for mlx-vlm's); `fixed`,
 every row runs to --max-tokens.
@@ -46,9 +46,10 @@ import mlx_opd  # noqa: F401  (first: preloads the BLAS before mlx.core is impor
 import mlx.core as mx
 # isort: on
 
-from mlx_opd import models, rollout, trainer
-from mlx_opd.answer_lengths import ForcedLengths, draw_lengths, fixed_lengths
-from mlx_opd.config import TrainConfig, build
+from mlx_opd import models
+from mlx_opd.method import rollout, trainer
+from mlx_opd.run.config import TrainConfig, build
+from mlx_opd.toy.answer_lengths import ForcedLengths, draw_lengths, fixed_lengths
 
 LONG_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 BEFORE = "39de53d"  # the last commit with the loop that kept finished rows
@@ -60,13 +61,15 @@ def loop_before():
     imports resolve to today's models and prefix, whose functions it calls unchanged)."""
     import importlib.util
     import subprocess
+    import sys
 
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:mlx_opd/rollout.py"],
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:mlx_opd/method/rollout.py"],
                           capture_output=True, text=True, check=True).stdout
     spec = importlib.util.spec_from_loader("mlx_opd._rollout_before", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "mlx_opd"
-    exec(compile(text, f"{BEFORE}:mlx_opd/rollout.py", "exec"), module.__dict__)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    exec(compile(text, f"{BEFORE}:mlx_opd/method/rollout.py", "exec"), module.__dict__)
     return module.sample_prompts
 
 
@@ -85,13 +88,13 @@ def run_before(loaded, encs, n, T) -> dict:
 def build_model(name: str, workdir: Path):
     """(loaded model, image size) for `name` ("100M" or "3B")."""
     if name == "3B":
-        from mlx_opd.replicas import build_replica
+        from mlx_opd.models.replicas import build_replica
 
         return models.load(build_replica(LONG_MODEL, workdir / "replica", layers=2,
                                          vision_layers=2)), (1280, 960)
     from train_step import SIZES
 
-    from mlx_opd.tiny import build_tiny_model
+    from mlx_opd.toy.tiny import build_tiny_model
 
     return models.load(build_tiny_model("qwen2_5_vl", workdir / name, seed=0,
                                         size=SIZES[name])), (448, 448)

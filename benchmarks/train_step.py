@@ -35,13 +35,15 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 # isort: on
 
-from mlx_opd import lora, models, rollout, trainer
-from mlx_opd.config import LoraConfig, TrainConfig, build
-from mlx_opd.sft import response_ce
-from mlx_opd.synth import make_scene
-from mlx_opd.teacher import Teacher
-from mlx_opd.tiny import TinySize, build_tiny_model
-from mlx_opd.views import student_view, teacher_view
+from mlx_opd import models
+from mlx_opd.method import rollout, trainer
+from mlx_opd.method.teacher import Teacher
+from mlx_opd.method.views import student_view, teacher_view
+from mlx_opd.models import lora
+from mlx_opd.run.config import LoraConfig, TrainConfig, build
+from mlx_opd.toy.sft import response_ce
+from mlx_opd.toy.synth import make_scene
+from mlx_opd.toy.tiny import TinySize, build_tiny_model
 
 SIZES = {
     "tiny": TinySize(),
@@ -143,7 +145,7 @@ class HeadCounter:
         self.rows = 0
 
     def __enter__(self):
-        from mlx_opd import loss
+        from mlx_opd.method import loss
 
         self._real = loss.head_function
 
@@ -159,7 +161,7 @@ class HeadCounter:
         return self
 
     def __exit__(self, *exc):
-        from mlx_opd import loss
+        from mlx_opd.method import loss
 
         loss.head_function = self._real
 
@@ -181,8 +183,8 @@ def photo_sample(workdir, seed, size=(1280, 960)):
 def long_prompt(args, workdir) -> list[dict]:
     """Shared prefix vs duplicated prompts (OPD update time and peak), batched-prompt vs
     per-prompt rollouts, and head passes per token, on a Qwen2.5-VL-3B-width replica."""
-    from mlx_opd.checkpointing import checkpoint_layers, restore_layers
-    from mlx_opd.replicas import build_replica
+    from mlx_opd.models.grad_checkpoint import checkpoint_layers, restore_layers
+    from mlx_opd.models.replicas import build_replica
 
     path = build_replica(LONG_MODEL, workdir / "replica", layers=args.long_layers,
                          vision_layers=2)

@@ -1,6 +1,6 @@
 """mlx-opd: Vision-OPD (on-policy self-distillation for VLMs) on Apple's MLX."""
 
-from . import blas as _blas
+from mlx_opd.run import blas as _blas
 
 __version__ = "0.1.0"
 

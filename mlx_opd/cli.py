@@ -12,10 +12,14 @@ from pathlib import Path
 
 import click
 
-from .bench.names import BENCHMARK_NAMES
-from .config import SynthConfig  # defaults for `synth --help` (config.py imports nothing heavy)
-from .doctor_bench import BenchConfig  # defaults for `doctor --help` (nothing heavy either)
-from .plan import CHIPS  # plan.py imports nothing heavy at module level
+from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES
+from mlx_opd.preflight.doctor_bench import (
+    BenchConfig,  # defaults for `doctor --help` (nothing heavy either)
+)
+from mlx_opd.preflight.plan import CHIPS  # plan.py imports nothing heavy at module level
+from mlx_opd.run.config import (
+    SynthConfig,  # defaults for `synth --help` (config.py imports nothing heavy)
+)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
@@ -28,7 +32,7 @@ def _offline_if_local(model: str) -> None:
 
 def eta_progress(what: str):
     """progress(done, total, seconds) -> `eval 3/16 | 1.2 s/sample | ETA 0:00:16` on stderr."""
-    from .metrics import format_eta
+    from mlx_opd.run.metrics import format_eta
 
     def show(done: int, total: int, seconds: float) -> None:
         per = seconds / max(done, 1)
@@ -54,7 +58,7 @@ def _adapter(path):
     """--adapter as given, or a RUN_DIR's best (else last) adapter, saying which."""
     if path is None:
         return None
-    from .run_dir import resolve_adapter
+    from mlx_opd.run.run_dir import resolve_adapter
 
     try:
         found, note = resolve_adapter(path)
@@ -74,7 +78,7 @@ def pixel_options(f):
 
 
 def view_options(f):
-    from .config import STUDENT_VIEWS, TEACHER_VIEWS
+    from mlx_opd.run.config import STUDENT_VIEWS, TEACHER_VIEWS
 
     f = click.option("--teacher-view", type=click.Choice(TEACHER_VIEWS), default=None,
                      help="The teacher's privilege: crop (default), crops (one per box), "
@@ -94,7 +98,7 @@ def _pixels(kw, base=None):
     """PixelConfig from the flags, over `base` (a run's config) when given."""
     import dataclasses
 
-    from .config import PixelConfig
+    from mlx_opd.run.config import PixelConfig
 
     given = {k: kw.pop(k) for k in ("min_pixels", "max_pixels", "resized_height", "resized_width")}
     if base is None:
@@ -106,7 +110,7 @@ def _view_cfg(kw, base=None):
     """ViewConfig from the flags, over `base` (a run's config) when given."""
     import dataclasses
 
-    from .config import ViewConfig
+    from mlx_opd.run.config import ViewConfig
 
     changes = {}
     if kw.pop("no_box"):
@@ -129,7 +133,7 @@ def _run_config(path):
     compare see images as the run did; None without --config."""
     if not path:
         return None
-    from .config import ConfigError, load_train_config
+    from mlx_opd.run.config import ConfigError, load_train_config
 
     p = Path(path)
     if p.is_dir():
@@ -202,7 +206,7 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
         _fail(click.UsageError("give either --family (a toy) or --like HUB_ID (a replica)"))
     try:
         if like:
-            from .replicas import REAL_MODELS, build_replica
+            from mlx_opd.models.replicas import REAL_MODELS, build_replica
 
             path = build_replica(like, out, layers=layers, vision_layers=vision_depth, seed=seed,
                                  quantize=None if quantize is None else int(quantize), force=force)
@@ -213,7 +217,7 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
                        "  (the memory and time of a step at these widths, before loading "
                        "any weights)")
             return
-        from .tiny import TinySize, build_tiny_model
+        from mlx_opd.toy.tiny import TinySize, build_tiny_model
 
         size = TinySize(hidden_size=hidden_size, num_layers=layers, num_heads=heads,
                         num_kv_heads=max(1, heads // 2), intermediate_size=2 * hidden_size,
@@ -247,11 +251,11 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
             run_config, **kw):
     """Greedy answers for the plain, student and teacher (crop) views, plus a gap probe."""
     _offline_if_local(model)
-    from . import models
-    from .compare import compare as run_compare
-    from .compare import format_table
-    from .data import make_sample
-    from .errors import DataError
+    from mlx_opd import models
+    from mlx_opd.data import make_sample
+    from mlx_opd.evaluation.compare import compare as run_compare
+    from mlx_opd.evaluation.compare import format_table
+    from mlx_opd.run.errors import DataError
 
     boxes = []
     for one in box:
@@ -273,7 +277,7 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
         _fail(e)
     click.echo(format_table(result))
     if json_out:
-        from .files import keep_old_files
+        from mlx_opd.run.files import keep_old_files
 
         keep_old_files([json_out])
         Path(json_out).write_text(json.dumps(result, indent=2))
@@ -295,11 +299,11 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
 @view_options
 def views(data, out, limit, box_format, on_bad_sample, force, **kw):
     """Write the plain, student and teacher views of some samples as PNGs."""
-    from .config import DataConfig
-    from .data import read_samples
-    from .errors import DataError
-    from .files import OutputExistsError, check_replaceable, write_dir_atomically
-    from .views import all_views
+    from mlx_opd.data import read_samples
+    from mlx_opd.method.views import all_views
+    from mlx_opd.run.config import DataConfig
+    from mlx_opd.run.errors import DataError
+    from mlx_opd.run.files import OutputExistsError, check_replaceable, write_dir_atomically
 
     view_cfg = _view_cfg(kw)
 
@@ -368,13 +372,13 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
           distributed, memory_gb, skip_memory_check, on_bad_sample):
     """Vision-OPD training (CLI > YAML > defaults). Writes RUN_DIR/metrics.jsonl,
     checkpoints/, adapters/ and config.yaml."""
-    from .config import ConfigError, load_train_config
-    from .data import DataError
-    from .distributed import DistributedError
-    from .files import OutputExistsError
-    from .resume import resume_config
-    from .trainer import TrainingStopped
-    from .trainer import train as run_train
+    from mlx_opd.data import DataError
+    from mlx_opd.method.trainer import TrainingStopped
+    from mlx_opd.method.trainer import train as run_train
+    from mlx_opd.run.config import ConfigError, load_train_config
+    from mlx_opd.run.distributed import DistributedError
+    from mlx_opd.run.files import OutputExistsError
+    from mlx_opd.run.resume import resume_config
 
     overrides = _parse_set(sets)
     for key, value in (("model.path", model), ("data.path", data), ("run.out", out),
@@ -406,9 +410,9 @@ def train(config, model, data, out, max_steps, save_every, seed, resume_dir, set
 
 def _memory_check(cfg, memory_gb):
     """Stop before any weights are loaded when the run clearly cannot fit (plan.py)."""
-    from .config import ConfigError
-    from .errors import DataError
-    from .plan import format_plan, plan
+    from mlx_opd.preflight.plan import format_plan, plan
+    from mlx_opd.run.config import ConfigError
+    from mlx_opd.run.errors import DataError
 
     try:
         p = plan(cfg, memory_gb=memory_gb)
@@ -446,9 +450,9 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, answers_from, 
              on_bad_sample):
     """Predict, before loading any weights, the peak memory of each phase of a training
     step and whether it fits; if not, which settings bring it under."""
-    from .config import ConfigError, load_train_config
-    from .data import DataError
-    from .plan import answer_lengths, format_plan, plan
+    from mlx_opd.data import DataError
+    from mlx_opd.preflight.plan import answer_lengths, format_plan, plan
+    from mlx_opd.run.config import ConfigError, load_train_config
 
     answers = None
     if answers_from:
@@ -474,7 +478,7 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, answers_from, 
     click.echo(f"next: mlx-opd train --model {cfg.model.path} --data {cfg.data.path}"
                + (f" --config {config}" if config else "") + " --out RUN_DIR")
     if json_out:
-        from .files import keep_old_files
+        from mlx_opd.run.files import keep_old_files
 
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         keep_old_files([json_out])
@@ -486,7 +490,7 @@ def plan_cmd(config, model, data, sets, memory_gb, chip, backend, answers_from, 
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def plot(run_dir):
     """PNG curves of a run's metrics (RUN_DIR/plots/)."""
-    from .plot import plot_run
+    from mlx_opd.run.plot import plot_run
 
     try:
         files = plot_run(run_dir)
@@ -513,7 +517,7 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
     `studio` extra: pip install "mlx-opd[studio]")."""
     _offline_if_local(model)
     try:
-        from .studio import Studio, server
+        from mlx_opd.evaluation.studio import Studio, server
     except ImportError:
         _fail(RuntimeError('mlx-opd studio needs the studio extra: pip install "mlx-opd[studio]"'))
     run = _views_of(run_config, adapter)
@@ -539,9 +543,9 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
 def report(run_dir):
     """RUN_DIR/report.html: training curves, each view's validation curve with the best
     step, and the validation items whose answer changed, as cards."""
-    from .config import ConfigError
-    from .files import marker_kind
-    from .pages import run_page
+    from mlx_opd.evaluation.pages import run_page
+    from mlx_opd.run.config import ConfigError
+    from mlx_opd.run.files import marker_kind
 
     try:
         if marker_kind(run_dir) != "run":
@@ -551,8 +555,8 @@ def report(run_dir):
     except (FileNotFoundError, ValueError, ConfigError) as e:
         _fail(e)
     click.echo(f"wrote {page} (open it in a browser)")
-    from .config import load_train_config
-    from .run_dir import next_steps
+    from mlx_opd.run.config import load_train_config
+    from mlx_opd.run.run_dir import next_steps
 
     click.echo(next_steps(load_train_config(str(Path(run_dir) / "config.yaml")),
                           Path(run_dir))[0])
@@ -577,7 +581,7 @@ def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize,
     _offline_if_local(model)
     import warnings
 
-    from . import export as ex
+    from mlx_opd.engines import export as ex
 
     warnings.simplefilter("always")
     try:
@@ -617,11 +621,11 @@ def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize,
 def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, force):
     """Training data and a launch script for a GPU engine: the authors' verl fork
     (Vision-OPD as they ran it) or ms-swift (on-policy self-distillation, frozen teacher)."""
-    from .config import ConfigError, load_train_config
-    from .data import DataError, read_samples
-    from .files import OutputExistsError, check_replaceable
-    from .swift import SwiftExportError, export_swift
-    from .verl import VerlExportError, export_verl
+    from mlx_opd.data import DataError, read_samples
+    from mlx_opd.engines.swift import SwiftExportError, export_swift
+    from mlx_opd.engines.verl import VerlExportError, export_verl
+    from mlx_opd.run.config import ConfigError, load_train_config
+    from mlx_opd.run.files import OutputExistsError, check_replaceable
 
     try:
         cfg = load_train_config(config, {"data.path": data, "data.on_bad_sample": on_bad_sample})
@@ -655,9 +659,9 @@ def extract_data(dataset, remove):
     teacher_images/*.tar.gz) into their folders, where its train.jsonl points."""
     import time
 
-    from .archives import extract
-    from .data import DataError
-    from .metrics import format_eta
+    from mlx_opd.data import DataError
+    from mlx_opd.data.archives import extract
+    from mlx_opd.run.metrics import format_eta
 
     start, last = time.time(), [0.0]
 
@@ -707,8 +711,8 @@ def extract_data(dataset, remove):
 def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distractors, n_options,
           fixed_options, objects, pair_question, force):
     """Synthetic fine-detail VQA: DIR/train.jsonl and DIR/heldout.jsonl with PNGs."""
-    from .files import OutputExistsError, check_replaceable
-    from .synth import write_dataset
+    from mlx_opd.run.files import OutputExistsError, check_replaceable
+    from mlx_opd.toy.synth import write_dataset
 
     try:
         cfg = SynthConfig(tuple(image_size), evidence_size, clutter, distractors, n_options,
@@ -775,10 +779,10 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
                                max_tokens, judge_model, force, pixels, view_cfg)
     if not data or not out:
         _fail(click.UsageError("--data and --out are required (or pass --benchmark NAME)"))
-    from . import models
-    from .config import DataConfig
-    from .data import DataError, read_samples
-    from .evaluate import evaluate, write
+    from mlx_opd import models
+    from mlx_opd.data import DataError, read_samples
+    from mlx_opd.evaluation.evaluate import evaluate, write
+    from mlx_opd.run.config import DataConfig
 
     if instruction is not None:
         view_cfg = dataclasses.replace(view_cfg, answer_instruction=instruction)
@@ -795,12 +799,12 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
                                  progress=eta_progress("eval"))
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)
-    from .files import keep_old_files
+    from mlx_opd.run.files import keep_old_files
 
     summary = {"model": model, "adapter": adapter, "data": data,
                "skipped_bad_samples": len(report.skipped), **summary}
     out = Path(out)
-    from .pages import eval_page
+    from mlx_opd.evaluation.pages import eval_page
 
     keep_old_files([out, *(out.with_suffix(x) for x in (".jsonl", ".png", ".html"))])
     write(summary, rows, out)
@@ -820,13 +824,13 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
 def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_tokens,
                     judge_model, force, pixels, view_cfg):
     """`eval --benchmark`: resolve the data, load the model, run with cache and resume."""
-    from . import models
-    from .bench import registry
-    from .bench.judge import make_judge
-    from .bench.run import run_benchmark, settings_for
-    from .bench.source import resolve, resolve_parts
-    from .errors import DataError
-    from .files import OutputExistsError
+    from mlx_opd import models
+    from mlx_opd.evaluation.benchmarks import registry
+    from mlx_opd.evaluation.benchmarks.judge import make_judge
+    from mlx_opd.evaluation.benchmarks.run import run_benchmark, settings_for
+    from mlx_opd.evaluation.benchmarks.source import resolve, resolve_parts
+    from mlx_opd.run.errors import DataError
+    from mlx_opd.run.files import OutputExistsError
 
     if not out:
         _fail(click.UsageError("--out OUT.json is required: finished samples are cached "
@@ -892,7 +896,7 @@ def _benchmark_summary(s: dict) -> str:
 
 
 def _eval_compare(before_path, after_path, out):
-    from .bench.report import compare, compare_chart, format_table, load_eval
+    from mlx_opd.evaluation.benchmarks.report import compare, compare_chart, format_table, load_eval
 
     try:
         before, after = load_eval(before_path), load_eval(after_path)
@@ -902,9 +906,9 @@ def _eval_compare(before_path, after_path, out):
     title = (f"{after.get('title') or after.get('benchmark') or 'eval'}: "
              f"{Path(before_path).name} -> {Path(after_path).name}")
     click.echo(format_table(rows, title))
-    from .config import ViewConfig
-    from .files import keep_old_files
-    from .pages import changes_page, read_rows
+    from mlx_opd.evaluation.pages import changes_page, read_rows
+    from mlx_opd.run.config import ViewConfig
+    from mlx_opd.run.files import keep_old_files
 
     if out:
         out = Path(out)
@@ -923,7 +927,7 @@ def _eval_compare(before_path, after_path, out):
     changes_page(read_rows(before_path), read_rows(after_path), rows, page, ViewConfig(), title)
     click.echo(f"wrote {page} (the items fixed and broken, as cards)")
     if out:
-        from .files import write_json_atomically
+        from mlx_opd.run.files import write_json_atomically
 
         write_json_atomically(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
                          "after": str(after_path), "benchmark": after.get("benchmark"),
@@ -953,15 +957,15 @@ def doctor(no_measure, as_json, bench_model, out, layers, photo, max_tokens):
     with --bench, this machine measured beside plan's predictions."""
     if bench_model:
         return _doctor_bench(bench_model, Path(out), layers, tuple(photo), max_tokens)
-    from .doctor import format_report, report
+    from mlx_opd.preflight.doctor import format_report, report
 
     info = report(measure=not no_measure)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
 
 
 def _doctor_bench(model, out, layers, photo, max_tokens):
-    from .doctor_bench import check, run
-    from .files import OutputExistsError, marker_kind, write_marker, written_by_us
+    from mlx_opd.preflight.doctor_bench import check, run
+    from mlx_opd.run.files import OutputExistsError, marker_kind, write_marker, written_by_us
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # replicas are built offline
     try:
@@ -1012,15 +1016,15 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
     """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
     eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .demo import compare_teachers as run_compare
-    from .demo import run_demo
+    from mlx_opd.toy.demo import compare_teachers as run_compare
+    from mlx_opd.toy.demo import run_demo
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     try:
         if compare_teachers:
             run_compare(out, quick=quick, cache=cache, log=log)
         elif compare_views:
-            from .demo_views import compare_views as run_views
+            from mlx_opd.toy.demo_views import compare_views as run_views
 
             try:
                 chosen = tuple(int(x) for x in seeds.split(",") if x.strip())
@@ -1080,16 +1084,16 @@ def build_data(run_config, force, **kw):
     mining for the model to be trained (docs/build-data.md)."""
     import dataclasses
 
-    from .build.config import (
+    from mlx_opd.builder.config import (
         BuildConfig,
         ConsensusConfig,
         MiningConfig,
         QuestionConfig,
         RegionConfig,
     )
-    from .build.pipeline import build_data as run
-    from .build.pipeline import summary_text
-    from .errors import DataError
+    from mlx_opd.builder.pipeline import build_data as run
+    from mlx_opd.builder.pipeline import summary_text
+    from mlx_opd.run.errors import DataError
 
     base = _run_config(run_config)
     views = _view_cfg(kw, base.views if base else None)

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import mlx_opd  # noqa: E402,F401  (preloads the BLAS before mlx.core)
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES  # noqa: E402
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES  # noqa: E402
 
 # Tolerances per dtype for results that go through different code paths (batched vs
 # unbatched BLAS, chunked vs whole), as in mlx's own tests. Model outputs (log-probs of
@@ -24,7 +24,7 @@ FP32 = TOL["float32"]
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """family -> path of a tiny checkpoint (seed 0)."""
-    from mlx_opd.tiny import build_tiny_model
+    from mlx_opd.toy.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     return {f: build_tiny_model(f, root / f, seed=0) for f in SUPPORTED_FAMILIES}

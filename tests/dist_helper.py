@@ -8,8 +8,9 @@ import os
 import sys
 
 import mlx_opd  # noqa: F401
-from mlx_opd import distributed, trainer
-from mlx_opd.config import load_train_config
+from mlx_opd.method import trainer
+from mlx_opd.run import distributed
+from mlx_opd.run.config import load_train_config
 
 mode = sys.argv[1]
 if mode == "mismatch":
@@ -17,7 +18,7 @@ if mode == "mismatch":
     cfg = load_train_config(None, {"run.seed": d.rank})  # rank 1 differs
     try:
         distributed.check_same(d, distributed.config_hash(
-            __import__("mlx_opd.config", fromlist=["to_dict"]).to_dict(cfg), "tiny"))
+            __import__("mlx_opd.run.config", fromlist=["to_dict"]).to_dict(cfg), "tiny"))
     except distributed.DistributedError as e:
         print(f"rank {d.rank}: {e}", flush=True)
         sys.exit(4)

@@ -5,7 +5,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_opd import models
-from mlx_opd.answer_lengths import ForcedLengths, _RowProcessor, draw_lengths, fixed_lengths
+from mlx_opd.toy.answer_lengths import ForcedLengths, _RowProcessor, draw_lengths, fixed_lengths
 
 
 def test_lengths_follow_the_stated_mix():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlx_opd.archives import extract
 from mlx_opd.cli import main
-from mlx_opd.config import DataConfig
 from mlx_opd.data import DataError, read_samples
-from mlx_opd.images import open_rgb
-from mlx_opd.views import all_views, plain_view, student_view, teacher_view
+from mlx_opd.data.archives import extract
+from mlx_opd.data.images import open_rgb
+from mlx_opd.method.views import all_views, plain_view, student_view, teacher_view
+from mlx_opd.run.config import DataConfig
 
 from .authors_layout import HINT, archive_published, write_prepared, write_published
 

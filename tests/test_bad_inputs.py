@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mlx_opd.cli import main
-from mlx_opd.files import MARKER
+from mlx_opd.run.files import MARKER
 
 from .next_steps import run_next
 
@@ -254,7 +254,7 @@ def test_a_new_run_from_a_runs_adapters_takes_their_shape(run, tiny_dir, tmp_pat
 @pytest.fixture(scope="module")
 def wide_run(tmp_path_factory):
     """A run on a wider qwen2_5_vl toy (hidden 128) than the shared tiny one (64)."""
-    from mlx_opd.tiny import TinySize, build_tiny_model
+    from mlx_opd.toy.tiny import TinySize, build_tiny_model
 
     root = tmp_path_factory.mktemp("wide")
     wide = build_tiny_model("qwen2_5_vl", root / "wide", size=TinySize(hidden_size=128,

@@ -20,15 +20,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mlx_opd.bench import answers, registry, scores
-from mlx_opd.bench.cache import open_cache
-from mlx_opd.bench.item import Unreadable
-from mlx_opd.bench.judge import read_verdict
-from mlx_opd.bench.names import BENCHMARK_NAMES, VARIANTS
-from mlx_opd.bench.report import compare, load_eval
-from mlx_opd.bench.vstar import rotate_correct_first
 from mlx_opd.cli import main
-from mlx_opd.files import OutputExistsError
+from mlx_opd.evaluation.benchmarks import answers, registry, scores
+from mlx_opd.evaluation.benchmarks.cache import open_cache
+from mlx_opd.evaluation.benchmarks.item import Unreadable
+from mlx_opd.evaluation.benchmarks.judge import read_verdict
+from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES, VARIANTS
+from mlx_opd.evaluation.benchmarks.report import compare, load_eval
+from mlx_opd.evaluation.benchmarks.vstar import rotate_correct_first
+from mlx_opd.run.files import OutputExistsError
 
 from .answer_table import TABLE
 
@@ -363,7 +363,7 @@ def test_benchmark_cache_drops_a_torn_line_and_refuses_foreign_files(tmp_path):
 
 
 def test_benchmark_judge_verdicts():
-    from mlx_opd.bench.judge import judge_prompt
+    from mlx_opd.evaluation.benchmarks.judge import judge_prompt
 
     assert read_verdict("Yes") is True and read_verdict("Yes.") is True
     assert read_verdict("No") is False and read_verdict("maybe") is None
@@ -378,7 +378,7 @@ def _run(args):
 
 def test_benchmark_vstar_end_to_end_resumes_and_reports_the_gap(tiny_dir, tmp_path):
     from mlx_opd import models
-    from mlx_opd.bench.run import run_benchmark, settings_for
+    from mlx_opd.evaluation.benchmarks.run import run_benchmark, settings_for
 
     model = tiny_dir["qwen2_5_vl"]
     out = tmp_path / "v.json"

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mlx_opd.build import grounding
-from mlx_opd.build.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
-from mlx_opd.build.consensus import consensus
-from mlx_opd.build.detector import sam3_decision
-from mlx_opd.build.grounding import parse_grounding
-from mlx_opd.build.mining import mine, precision_recall
-from mlx_opd.build.questions import options_of, parse_question, parse_validation
-from mlx_opd.build.regions import Region, filter_regions, read_coco
-from mlx_opd.build.store import Store
-from mlx_opd.errors import DataError
+from mlx_opd.builder import grounding
+from mlx_opd.builder.config import BuildConfig, MiningConfig, QuestionConfig, RegionConfig
+from mlx_opd.builder.consensus import consensus
+from mlx_opd.builder.detector import sam3_decision
+from mlx_opd.builder.grounding import parse_grounding
+from mlx_opd.builder.mining import mine, precision_recall
+from mlx_opd.builder.questions import options_of, parse_question, parse_validation
+from mlx_opd.builder.regions import Region, filter_regions, read_coco
+from mlx_opd.builder.store import Store
+from mlx_opd.run.errors import DataError
 
 FORMATS = json.loads((Path(__file__).parent / "fixtures" / "grounding_formats.json").read_text())
 PX = 1.0  # px: the cookbooks' own conversions truncate with int()
@@ -253,8 +253,8 @@ def test_config_errors_say_how_to_fix():
 # --- end to end, through mlx-vlm's real loader ------------------------------------------
 
 def _photos(folder: Path, n: int = 3) -> Path:
-    from mlx_opd.config import SynthConfig
-    from mlx_opd.synth import write_photo_folder
+    from mlx_opd.run.config import SynthConfig
+    from mlx_opd.toy.synth import write_photo_folder
 
     paths = write_photo_folder(folder, n, 5, SynthConfig(image_size=(96, 80), evidence_size=12,
                                                          clutter=3))
@@ -270,7 +270,7 @@ def _listing(root: Path) -> set:
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
 def test_garbage_model_gives_an_empty_valid_dataset_with_its_reasons(tmp_path, tiny_dir,
                                                                     family):
-    from mlx_opd.build.pipeline import build_data
+    from mlx_opd.builder.pipeline import build_data
 
     paths = _photos(tmp_path / "in")
     before = _listing(tmp_path / "in")
@@ -307,8 +307,8 @@ def letter_models(tmp_path_factory, tiny_dir):
     from mlx.utils import tree_flatten
 
     from mlx_opd import models
-    from mlx_opd.hf_layout import to_hf_weights
-    from mlx_opd.sft import train_supervised
+    from mlx_opd.models.layouts import to_hf_weights
+    from mlx_opd.toy.sft import train_supervised
     from tests.conftest import random_image
 
     out = {}
@@ -334,7 +334,7 @@ def letter_models(tmp_path_factory, tiny_dir):
 
 
 def _template_cfg(paths, model, out, **kw):
-    from mlx_opd.build.config import ConsensusConfig
+    from mlx_opd.builder.config import ConsensusConfig
 
     return BuildConfig(images=str(paths["photos"]), model=str(model), out=str(out),
                        boxes=str(paths["boxes"]), questions=QuestionConfig(
@@ -347,9 +347,9 @@ def _template_cfg(paths, model, out, **kw):
 
 def test_every_stage_runs_and_a_cut_short_build_resumes_to_the_same_result(tmp_path,
                                                                            letter_models):
-    from mlx_opd.build.pipeline import build_data
-    from mlx_opd.config import DataConfig
+    from mlx_opd.builder.pipeline import build_data
     from mlx_opd.data import read_samples
+    from mlx_opd.run.config import DataConfig
 
     paths = _photos(tmp_path / "in", n=4)
     cfg = _template_cfg(paths, letter_models["A"], tmp_path / "data",
@@ -389,7 +389,7 @@ def test_a_photo_lost_mid_build_drops_its_items_and_the_build_goes_on(tmp_path,
                                                                         letter_models):
     """Deleted after the images stage, or changed to another size: the stage that meets it
     drops its items with the reason, the others are kept, the sheet shows it."""
-    from mlx_opd.build.pipeline import build_data, summary_text
+    from mlx_opd.builder.pipeline import build_data, summary_text
 
     paths = _photos(tmp_path / "in", n=4)
     cfg = _template_cfg(paths, letter_models["A"], tmp_path / "data",
@@ -429,8 +429,8 @@ def test_a_photo_lost_mid_build_drops_its_items_and_the_build_goes_on(tmp_path,
 
 
 def test_a_kept_row_whose_photo_is_gone_at_output_is_left_out_and_counted(tmp_path):
-    from mlx_opd.build.output import write_rows
-    from mlx_opd.build.pipeline import open_photo
+    from mlx_opd.builder.output import write_rows
+    from mlx_opd.builder.pipeline import open_photo
 
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     Image.new("RGB", (6, 4)).save(tmp_path / "changed.png")
@@ -450,7 +450,7 @@ def test_a_kept_row_whose_photo_is_gone_at_output_is_left_out_and_counted(tmp_pa
 
 
 def test_mining_with_the_builder_itself_drops_items_with_no_gap(tmp_path, letter_models):
-    from mlx_opd.build.pipeline import build_data
+    from mlx_opd.builder.pipeline import build_data
 
     paths = _photos(tmp_path / "in", n=3)
     rep = build_data(_template_cfg(paths, letter_models["A"], tmp_path / "data"),
@@ -458,7 +458,7 @@ def test_mining_with_the_builder_itself_drops_items_with_no_gap(tmp_path, letter
     st = rep["stages"]["mining"]
     assert (st["in"], st["out"]) == (3, 0)
     assert st["dropped"] == {"no gap": 3}
-    from mlx_opd.build.pipeline import summary_text
+    from mlx_opd.builder.pipeline import summary_text
 
     text = summary_text(rep, tmp_path / "data")  # an empty build recommends no training
     assert "nothing was kept" in text and "mlx-opd train" not in text
@@ -491,7 +491,7 @@ def test_cli_build_data_runs_and_says_what_next(tmp_path, letter_models):
 
 
 def test_build_data_refuses_inputs_that_would_lose_or_mix_up_photos(tmp_path, tiny_dir):
-    from mlx_opd.build.pipeline import build_data
+    from mlx_opd.builder.pipeline import build_data
 
     paths = _photos(tmp_path / "in", n=2)
     model = str(tiny_dir["qwen2_5_vl"])
@@ -534,8 +534,9 @@ def test_items_of_one_photo_share_its_vision_features_exactly(loaded, family):
     photo (ask.shared_image_features); the samples equal those of separate prompts."""
     import numpy as np
 
-    from mlx_opd import models, rollout
-    from mlx_opd.build import ask
+    from mlx_opd import models
+    from mlx_opd.builder import ask
+    from mlx_opd.method import rollout
     from tests.conftest import FP32, random_image
 
     L = loaded(family)
@@ -598,7 +599,7 @@ def test_the_fixture_checker_finds_quotes_at_the_commit_and_reports_what_it_cann
 
 
 def test_coco_boxes_match_photos_by_path_else_by_a_name_unique_on_both_sides():
-    from mlx_opd.build.pipeline import coco_index
+    from mlx_opd.builder.pipeline import coco_index
 
     coco = {"a/x.jpg": ["ax"], "y.jpg": ["y"], "p/z.jpg": ["pz"], "q/z.jpg": ["qz"],
             "w.jpg": ["w"]}

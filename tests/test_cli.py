@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mlx_opd.cli import main
-from mlx_opd.synth import make_scene, write_scene
+from mlx_opd.toy.synth import make_scene, write_scene
 
 
 def run(*args):
@@ -85,7 +85,7 @@ def test_views_command(tmp_path):
 
 
 def test_doctor_reports_blas():
-    from mlx_opd import blas
+    from mlx_opd.run import blas
 
     r = run("doctor", "--json")
     info = json.loads(r.output)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlx_opd.config import DataConfig
 from mlx_opd.data import box_to_xyxy, read_samples
-from mlx_opd.errors import DataError
-from mlx_opd.images import open_rgb
+from mlx_opd.data.images import open_rgb
+from mlx_opd.run.config import DataConfig
+from mlx_opd.run.errors import DataError
 
 
 def _img(path, size=(100, 80), mode="RGB"):

@@ -5,7 +5,7 @@ import json
 from click.testing import CliRunner
 
 from mlx_opd.cli import main
-from mlx_opd.doctor_bench import FLAG_FACTOR, judge, markdown
+from mlx_opd.preflight.doctor_bench import FLAG_FACTOR, judge, markdown
 
 
 def test_a_prediction_off_by_more_than_the_factor_is_flagged():

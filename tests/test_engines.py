@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_opd.cli import main
-from mlx_opd.teacher import rate_per_step
+from mlx_opd.method.teacher import rate_per_step
 
 from .authors_layout import write_prepared, write_published
 from .engines import fork_checks
@@ -189,7 +189,7 @@ def test_export_mixes_with_the_authors_parquet(tmp_path, dataset):
 def test_the_non_thinking_template_closes_an_empty_think_block():
     import jinja2
 
-    from mlx_opd.verl import nonthinking_template
+    from mlx_opd.engines.verl import nonthinking_template
 
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
     env = jinja2.Environment()

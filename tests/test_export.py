@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from mlx.utils import tree_unflatten
 
-from mlx_opd import export, lora, models
-from mlx_opd.config import LoraConfig
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES
-from mlx_opd.tiny import TinySize, build_tiny_model
+from mlx_opd import models
+from mlx_opd.engines import export
+from mlx_opd.models import lora
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES
+from mlx_opd.run.config import LoraConfig
+from mlx_opd.toy.tiny import TinySize, build_tiny_model
 
 from .conftest import random_image
 
@@ -174,9 +176,9 @@ def test_export_data_verl_reads_back(tmp_path):
     from click.testing import CliRunner
 
     from mlx_opd.cli import main
-    from mlx_opd.config import DataConfig
     from mlx_opd.data import read_samples
-    from mlx_opd.verl import COLUMNS
+    from mlx_opd.engines.verl import COLUMNS
+    from mlx_opd.run.config import DataConfig
 
     data = Path(__file__).resolve().parents[1] / "examples" / "data" / "samples.jsonl"
     config = Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml"

@@ -16,8 +16,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_opd.loss import DivergenceSpec, topk_ids
 from mlx_opd.metal import kernels
+from mlx_opd.method.loss import DivergenceSpec, topk_ids
 
 from .oracle import AUTHORS_FLOOR, oracle
 

@@ -6,9 +6,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_opd import loss
-from mlx_opd.loss import token_divergence, token_divergence_reference
 from mlx_opd.metal import kernels
+from mlx_opd.method import loss
+from mlx_opd.method.loss import token_divergence, token_divergence_reference
 
 from .oracle import finite_difference, oracle
 
@@ -269,7 +269,7 @@ def test_floored_tail_matches_the_oracle_and_its_gradient_sums_to_zero(kind, flo
     the exact tail is far below 1e-7: value and gradient equal the float64 oracle's, the
     floors give different values (the case where they matter), and each row's gradient
     sums to 0 (the gradient of the value actually computed)."""
-    from mlx_opd.loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, token_divergence
+    from mlx_opd.method.loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, token_divergence
 
     from .oracle import oracle
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_unflatten
 
-from mlx_opd import models, rollout
-from mlx_opd.config import PixelConfig
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES, UnsupportedFamilyError
+from mlx_opd import models
+from mlx_opd.method import rollout
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES, UnsupportedFamilyError
+from mlx_opd.run.config import PixelConfig
 
 from .conftest import FP32, random_image
 
@@ -140,8 +141,8 @@ def test_precomputed_inputs_give_the_same_loss_and_lora_gradients(family, loaded
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_opd import lora
-    from mlx_opd.config import LoraConfig
+    from mlx_opd.models import lora
+    from mlx_opd.run.config import LoraConfig
     lm = models.load(loaded(family).path)
     lora.attach(lm.model, LoraConfig(rank=4))
     # LoRA B starts at zero: give it values so the gradients reach every adapted layer

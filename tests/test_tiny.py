@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_opd.files import MARKER
-from mlx_opd.hf_layout import SUPPORTED_FAMILIES, UnsupportedFamilyError, to_hf_weights
-from mlx_opd.tiny import build_tiny_model, random_weights
+from mlx_opd.models.layouts import SUPPORTED_FAMILIES, UnsupportedFamilyError, to_hf_weights
+from mlx_opd.run.files import MARKER
+from mlx_opd.toy.tiny import build_tiny_model, random_weights
 
 from .conftest import random_image
 

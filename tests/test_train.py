@@ -17,11 +17,14 @@ import yaml
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
-from mlx_opd import checkpoint, lora, models, rollout, trainer
+from mlx_opd import models
 from mlx_opd.cli import main
-from mlx_opd.config import ConfigError, LoraConfig, TeacherConfig, load_train_config
 from mlx_opd.data import read_samples
-from mlx_opd.teacher import Teacher
+from mlx_opd.method import rollout, trainer
+from mlx_opd.method.teacher import Teacher
+from mlx_opd.models import lora
+from mlx_opd.run import checkpoint
+from mlx_opd.run.config import ConfigError, LoraConfig, TeacherConfig, load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.yaml"
@@ -75,7 +78,7 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     # the teacher's prompt is the crop's: its image-token count is the crop's, not the full's
     t_batch = models.make_batch([trainer.teacher_prompt(L, sample, cfg)] * len(r.token_ids),
                                 r.token_ids)
-    from mlx_opd.views import teacher_view
+    from mlx_opd.method.views import teacher_view
 
     crop = teacher_view(sample, cfg.views)
     crop_enc = models.encode(L, crop.image, crop.text, cfg.pixels)

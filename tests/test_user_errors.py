@@ -9,10 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mlx_opd import checkpoint
 from mlx_opd.cli import main
-from mlx_opd.config import ConfigError, load_train_config
-from mlx_opd.synth import make_scene, write_scene
+from mlx_opd.run import checkpoint
+from mlx_opd.run.config import ConfigError, load_train_config
+from mlx_opd.toy.synth import make_scene, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.yaml"

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlx_opd import validation as val
 from mlx_opd.cli import main
-from mlx_opd.config import ValidationConfig, load_train_config
 from mlx_opd.data import read_samples
-from mlx_opd.run_dir import resolve_adapter
+from mlx_opd.method import validation as val
+from mlx_opd.run.config import ValidationConfig, load_train_config
+from mlx_opd.run.run_dir import resolve_adapter
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "samples.jsonl"
 
 
 def test_carve_is_disjoint_fixed_and_never_trained_on(tmp_path):
-    from mlx_opd.synth import write_dataset
+    from mlx_opd.toy.synth import write_dataset
 
     paths = write_dataset(tmp_path / "d", 20, 0)
     cfg = load_train_config(None, {"data.path": str(paths["train"]), "validation.fraction": 0.25})
@@ -95,7 +95,7 @@ def test_teacher_drop_guard_stops_on_forgetting_and_never_keeps_that_step():
 @pytest.fixture(scope="module")
 def answering_base(tmp_path_factory):
     """A tiny base that answers in the format (the demo's recipe, a short SFT)."""
-    from mlx_opd import demo
+    from mlx_opd.toy import demo
 
     r = dataclasses.replace(demo.QUICK, sft_steps=12, sft_scenes=64)
     root = tmp_path_factory.mktemp("valbase")
@@ -120,8 +120,8 @@ def _train_args(base, r, data, out, lr, steps, extra=()):
 def test_degrading_run_stops_keeps_the_best_and_resumes(answering_base, tmp_path):
     """lr far too high: the answers leave the format, the format guard stops the run with a
     checkpoint, adapters/best is the adapter from before, and a resume keeps the history."""
-    from mlx_opd import checkpoint
-    from mlx_opd.synth import write_dataset
+    from mlx_opd.run import checkpoint
+    from mlx_opd.toy.synth import write_dataset
 
     r, base = answering_base
     data = write_dataset(tmp_path / "d", 24, 0, r.synth, 4)["train"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlx_opd.config import ANSWER_INSTRUCTION, AUTHORS_HINT, ViewConfig
 from mlx_opd.data import Sample
-from mlx_opd.views import all_views, crop_box, plain_view, student_view, teacher_view
+from mlx_opd.method.views import all_views, crop_box, plain_view, student_view, teacher_view
+from mlx_opd.run.config import ANSWER_INSTRUCTION, AUTHORS_HINT, ViewConfig
 
 
 def _sample(tmp_path, box=(20, 10, 60, 40), size=(100, 80), **kw):
@@ -69,8 +69,8 @@ def test_elongated_and_tiny_crops_give_valid_teacher_views(family, box, loaded, 
     the processors' limit of 200, and it encodes (with the pixel bounds, never squeezed
     to an explicit full-image size)."""
     from mlx_opd import models
-    from mlx_opd.config import PixelConfig
-    from mlx_opd.views import MAX_CROP_ASPECT
+    from mlx_opd.method.views import MAX_CROP_ASPECT
+    from mlx_opd.run.config import PixelConfig
 
     s, _ = _sample(tmp_path, box=box, size=(1280, 960))
     v = teacher_view(s, ViewConfig())

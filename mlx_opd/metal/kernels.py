@@ -24,7 +24,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..config import LOSS_BACKENDS
+from mlx_opd.run.config import LOSS_BACKENDS
 
 SRC = Path(__file__).parent
 THREADS = 256  # per threadgroup: one row per threadgroup, 8 SIMD groups of 32

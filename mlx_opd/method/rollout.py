@@ -1,0 +1,381 @@
+"""On-policy rollouts: n samples per prompt, the step's prompts decoded as one batch.
+
+The engine is continuous batching, ours (`sample_prompts`). Each prompt (image + text) is
+prefilled once, batch 1, which also runs the vision tower once per image (exact for every
+family); the head is applied to the last prompt position only (never [prompt_len, vocab]
+logits). Its cache then serves its n rows: a prompt shorter than the longest is
+left-padded in the KV cache and masked there, and every row carries its own prompt's
+M-RoPE delta and cache offset, so each row decodes exactly as it would alone (qwen3_5's
+recurrent state has no sequence axis: its rows simply stack). Every CHECK_EVERY decode
+steps the host reads the new tokens; rows that ended leave the batch (their cache rows
+are dropped), and prompts waiting for room (`rollout.prompt_batch`) are prefilled and
+their rows join the batch at their own offset. A step is not held by its longest answer:
+a decode step costs what the rows still answering cost.
+
+Token ids and the sampler's log-probs are kept as sampled: nothing is ever re-tokenised.
+Image/video pad ids get a -1e9 bias (built once per model), EOS ends a row (the EOS
+token is kept: the decision to stop is part of the policy and is scored too);
+`max_tokens` bounds every row. Each row samples with its own key, a function of (seed,
+step, prompt, sample) and its position (`row_keys`), by the Gumbel-max trick: the draw of
+a row does not depend on which other rows share its batch or when it entered, so a
+resumed run samples exactly what the uninterrupted run sampled.
+
+Why ours and not mlx-vlm's BatchGenerator (0.7.10), decided by benchmarks/rollout.py
+(docs/benchmarks.md, "Rollout engines"): on the same rows and answer lengths ours was
+faster in every cell measured, prefill and decode, and it keeps what training needs that
+the engine does not give:
+- n samples of one prompt: the engine prefills each row on its own (batch_generate runs
+  the vision tower and the prompt n times); ours prefills a prompt once for its n rows.
+- per-row sampling keys: its seeded sampler keys draws by (seed, row, position), but
+  GenerationBatch._step and PromptProcessingBatch.generate pass row_ids=[0] * rows
+  (mlx_vlm/generate/ar.py), so the n rows of a prompt draw identical samples; unseeded,
+  a row's draw depends on its batch-mates (benchmarks/rollout.py `engine_checks` shows
+  both), and a resumed run would not sample what it sampled.
+- a per-row logits processor runs as a Python loop over the rows at every step.
+What we took from it: finished rows leave, waiting prompts enter, the cache classes'
+filter/extend/merge (mlx_vlm.models.cache)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import mlx.core as mx
+
+from mlx_opd import models
+from mlx_opd.method import prefix
+
+CHECK_EVERY = 8  # decode steps between host-side checks for "every row has stopped"
+
+
+@dataclass
+class Rollouts:
+    """The n responses of one prompt."""
+
+    token_ids: list[list[int]]   # per sample, EOS included when it stopped
+    logprobs: list[list[float]]  # sampler log-prob of each kept token (temperature, bias)
+    finished: list[bool]         # True when the sample ended with EOS
+    seconds: float               # this prompt's share of the rollout time
+    prefill_seconds: float = 0.0  # of which prefilling the prompt (vision tower included)
+    computed_tokens: int = 0      # positions the decode computed for these rows (>= kept)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(t) for t in self.token_ids)
+
+
+def _log_softmax(x: mx.array) -> mx.array:
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
+
+
+def row_keys(key: mx.array, n: int, max_tokens: int) -> mx.array:
+    """Keys [n, max_tokens, 2]: row i's key at decode step t, from the prompt's key."""
+    return mx.stack([mx.random.split(k, max_tokens) for k in mx.random.split(key, n)])
+
+
+_gumbel_rows = mx.vmap(lambda k, like: mx.random.gumbel(like.shape, key=k), in_axes=(0, 0))
+
+
+def prefill(loaded: models.Loaded, enc: models.Encoded, features=None):
+    """The prompt's cache (batch 1), its next-token logits [1, V] (float32, head applied
+    to the last position only) and its M-RoPE delta. `features`: the prompt's input
+    embeddings already computed (models.input_features), so the vision tower does not
+    run again."""
+    from mlx_vlm.models import cache as vlm_cache
+
+    model = loaded.model
+    last, cache, rope = prefix.prefill(model, enc, features,
+                                       vlm_cache.make_prompt_cache(model.language_model))
+    logits = models.apply_head(model, last).astype(mx.float32)
+    rope = mx.zeros((1, 1), mx.int32) if rope is None else mx.array(rope).reshape(1, 1)
+    mx.eval(logits, rope, [c.state for c in cache])
+    return cache, logits, rope
+
+
+def _repeat_cache(cache, n: int) -> None:
+    """Repeat every cache entry's state n times along the batch axis, in place."""
+    for c in cache:
+        state = c.state
+        if isinstance(state, (list, tuple)):
+            c.state = type(state)(None if x is None else mx.repeat(x, n, axis=0) for x in state)
+
+
+def _stack_caches(caches: list, n: int) -> list:
+    """One batched cache per layer: n rows of each prompt's cache (left-padded, masked)."""
+    if len(caches) == 1:
+        _repeat_cache(caches[0], n)
+        return caches[0]
+    return [type(layer[0]).merge([c for c in layer for _ in range(n)])
+            for layer in zip(*caches)]
+
+
+def _keep_rows(cache, keep: mx.array) -> None:
+    """Keep only the batch rows `keep` of every layer's cache, in place: the batched
+    caches have `filter` (which also trims left padding no row needs any more); a
+    repeated single-prompt KVCache has its state indexed."""
+    for c in cache:
+        if hasattr(c, "filter"):
+            c.filter(keep)
+        else:
+            state = c.state
+            c.state = type(state)(None if x is None else x[keep] for x in state)
+
+
+@dataclass
+class _Rows:
+    """The rows decoding now: slot i of the batch is global row rows[i] (p * n + j), at
+    its own decode position pos[i] (rows that entered later are behind)."""
+
+    cache: list
+    logits: mx.array   # [B, V] next-token logits
+    rope: mx.array     # [B, 1] M-RoPE deltas
+    keys: mx.array     # [B, T, 2] per-row, per-position sampling keys
+    rows: mx.array     # [B] global row index of each slot
+    pos: mx.array      # [B] tokens sampled so far
+    stopped: mx.array  # [B] EOS seen
+    at: list[int]      # pos on the host (every slot advances one token per step)
+
+    def keep(self, keep: list[int]) -> None:
+        idx = mx.array(keep, dtype=mx.int32)
+        _keep_rows(self.cache, idx)
+        self.logits, self.rope, self.keys = self.logits[idx], self.rope[idx], self.keys[idx]
+        self.rows, self.pos, self.stopped = self.rows[idx], self.pos[idx], self.stopped[idx]
+        self.at = [self.at[i] for i in keep]
+
+    def extend(self, other: "_Rows") -> None:
+        """Other's rows join the batch (both caches batched ones: see _prefill_rows)."""
+        for c, o in zip(self.cache, other.cache):
+            c.extend(o)
+        for name in ("logits", "rope", "keys", "rows", "pos", "stopped"):
+            setattr(self, name, mx.concatenate([getattr(self, name), getattr(other, name)]))
+        self.at += other.at
+
+
+def _prefill_rows(loaded, encs, first: int, n: int, max_tokens: int, keys, features,
+                  batched: bool) -> _Rows:
+    """Prefill `encs` (global prompts first, first + 1, ...) into n rows each. `batched`:
+    always a batched cache (rows may enter later), else one prompt's cache is repeated."""
+    prefilled = [prefill(loaded, e, f) for e, f in zip(encs, features)]
+    V = prefilled[0][1].shape[-1]
+    caches = [c for c, _, _ in prefilled]
+    B = len(encs) * n
+    return _Rows(
+        cache=([type(layer[0]).merge([c for c in layer for _ in range(n)])
+                for layer in zip(*caches)] if batched else _stack_caches(caches, n)),
+        logits=mx.concatenate([mx.broadcast_to(lg, (n, V)) for _, lg, _ in prefilled]),
+        rope=mx.concatenate([mx.broadcast_to(r, (n, 1)) for _, _, r in prefilled]),
+        keys=mx.concatenate([row_keys(k, n, max_tokens) for k in keys]),  # [B, T, 2]
+        rows=mx.arange(first * n, first * n + B, dtype=mx.int32),
+        pos=mx.zeros((B,), dtype=mx.int32), stopped=mx.zeros((B,), dtype=mx.bool_),
+        at=[0] * B)
+
+
+@dataclass
+class _Sampler:
+    """What every decode step applies: temperature, the pad-id bias, the processor."""
+
+    temperature: float
+    bias: mx.array | None
+    processor: object
+    eos_ids: mx.array
+    max_tokens: int
+
+    def step(self, d: _Rows) -> tuple[mx.array, mx.array]:
+        """Each slot's next token and its log-prob; advances the slots."""
+        scaled = d.logits / self.temperature if self.temperature > 0 else d.logits
+        if self.bias is not None:
+            scaled = scaled + self.bias
+        if self.processor is not None:
+            scaled = self.processor(scaled, d.pos, d.rows)
+        logp = _log_softmax(scaled)
+        if self.temperature > 0:
+            at = mx.minimum(d.pos, self.max_tokens - 1)  # past max_tokens: cut off later
+            keys = d.keys[mx.arange(d.keys.shape[0]), at]
+            tokens = mx.argmax(logp + _gumbel_rows(keys, logp), axis=-1)
+        else:  # greedy (validation): the same ids as `sample(..., temperature=0)`
+            tokens = mx.argmax(logp, axis=-1)
+        d.stopped = d.stopped | (tokens[:, None] == self.eos_ids[None, :]).any(-1)
+        d.pos = d.pos + 1
+        d.at = [x + 1 for x in d.at]
+        return tokens, mx.take_along_axis(logp, tokens[:, None], -1)[:, 0]
+
+
+def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int,
+                   max_tokens: int, temperature: float = 1.0,
+                   keys: Sequence[mx.array] | None = None,
+                   block_pad_tokens: bool = True, features: Sequence | None = None,
+                   processor=None, leave: bool = True, capacity: int = 0,
+                   beat=lambda: None) -> list[Rollouts]:
+    """n samples from each prompt of `encs`, their rows decoded as one batch; `keys[p]` is
+    prompt p's key (row_keys derives the rows'); `features[p]`, when given, prompt p's
+    precomputed input embeddings (see prefill). temperature 0: greedy.
+
+    `leave`: rows that have stopped leave the batch at the next host check, so the decode
+    runs on the rows still answering (False: every row decodes until the last one stops,
+    the loop before issue 32, kept as the benchmark's reference). `capacity`: at most this
+    many rows decode at once (0: every prompt's); the prompts that do not fit wait and
+    enter, n rows at a time, as rows leave (without `leave`: groups one after another).
+    `processor(logits, pos, rows)`: an extra logits processor on the batch, `pos` each
+    slot's decode position and `rows` its global row p * n + j (answer_lengths has one).
+    `beat()` is called as each waiting prompt enters (a watchdog's heartbeat)."""
+    t0 = time.perf_counter()
+    P = len(encs)
+    keys = [mx.random.key(p) for p in range(P)] if keys is None else list(keys)
+    features = [None] * P if features is None else list(features)
+    fit = P if capacity <= 0 else max(1, min(P, capacity // n))
+    if not leave and fit < P:
+        return [r for a in range(0, P, fit) for r in sample_prompts(
+            loaded, encs[a:a + fit], n, max_tokens, temperature, keys[a:a + fit],
+            block_pad_tokens, features[a:a + fit], processor, False, beat=beat)]
+    eos = set(models.eos_token_ids(loaded))
+
+    def rows_of(first: int, count: int) -> _Rows:
+        return _prefill_rows(loaded, encs[first:first + count], first, n, max_tokens,
+                             keys[first:first + count], features[first:first + count],
+                             batched=fit < P)
+
+    d, queued = rows_of(0, fit), fit
+    t_prefill = time.perf_counter() - t0
+    V = d.logits.shape[-1]
+    sampler = _Sampler(temperature, models.sampling_bias(loaded, V) if block_pad_tokens
+                       else None, processor, mx.array(sorted(eos), dtype=mx.int32), max_tokens)
+    ids, lps = [[] for _ in range(P * n)], [[] for _ in range(P * n)]
+    window = []
+    while True:
+        tokens, lp = sampler.step(d)
+        window.append((tokens, lp))
+        # the host looks at the tokens only every CHECK_EVERY steps (or when a row reaches
+        # max_tokens); meanwhile the next step is queued behind this one (async)
+        if len(window) == CHECK_EVERY or max(d.at) >= max_tokens:
+            done = [s or a >= max_tokens for s, a in zip(_collect(d, window, ids, lps), d.at)]
+            window = []
+            if all(done) and queued == P:
+                break
+            keep = [i for i, x in enumerate(done) if not x]
+            if leave and not keep:
+                d.at = []  # every row left: the waiting prompts start a fresh batch
+            elif leave and len(keep) < len(done):
+                tokens = tokens[mx.array(keep, dtype=mx.int32)]
+                d.keep(keep)
+        if d.at:
+            out = loaded.model.language_model(tokens[:, None], cache=d.cache,
+                                              rope_deltas=d.rope)
+            d.logits = getattr(out, "logits", out)[:, -1, :].astype(mx.float32)
+        while queued < P and len(d.at) + n <= max(capacity, n):  # waiting prompts enter
+            t1 = time.perf_counter()
+            new = rows_of(queued, 1)
+            if d.at:
+                d.extend(new)
+            else:
+                d = new
+            queued, t_prefill = queued + 1, t_prefill + time.perf_counter() - t1
+            beat()
+        mx.async_eval(d.logits, d.stopped, *[x for pair in window[-1:] for x in pair])
+    models.reset_rope_state(loaded.model)
+    seconds = (time.perf_counter() - t0) / P
+    return [_prompt_rollouts([r[:max_tokens] for r in ids[p * n:(p + 1) * n]],
+                             lps[p * n:(p + 1) * n], eos, seconds, t_prefill / P,
+                             sum(len(r) for r in ids[p * n:(p + 1) * n]))
+            for p in range(P)]
+
+
+def _collect(d: _Rows, window, ids, lps) -> list[bool]:
+    """Move the window's tokens and log-probs to each slot's global row; the slots'
+    stopped flags."""
+    w_ids = mx.stack([t for t, _ in window], axis=1).tolist()
+    w_lp = mx.stack([lp for _, lp in window], axis=1).tolist()
+    for slot, row in enumerate(d.rows.tolist()):
+        ids[row] += w_ids[slot]
+        lps[row] += w_lp[slot]
+    return d.stopped.tolist()
+
+
+def _prompt_rollouts(rows_ids, rows_lp, eos, seconds, prefill_seconds, computed
+                     ) -> Rollouts:
+    """One prompt's rows, each cut after its own first EOS; `computed`: every position
+    the decode ran for these rows (past the EOS too, until the row left)."""
+    ids, lps, done = [], [], []
+    for row_ids, row_lp in zip(rows_ids, rows_lp):
+        cut = next((i + 1 for i, tok in enumerate(row_ids) if tok in eos), len(row_ids))
+        ids.append(row_ids[:cut])
+        lps.append(row_lp[:cut])
+        done.append(row_ids[cut - 1] in eos)
+    return Rollouts(ids, lps, done, seconds, prefill_seconds, computed_tokens=computed)
+
+
+def sample_batch(loaded: models.Loaded, enc: models.Encoded, n: int, max_tokens: int,
+                 temperature: float = 1.0, key: mx.array | None = None,
+                 block_pad_tokens: bool = True) -> Rollouts:
+    """n samples from one prompt (sample_prompts with one prompt)."""
+    return sample_prompts(loaded, [enc], n, max_tokens, temperature,
+                          None if key is None else [key], block_pad_tokens)[0]
+
+
+# --- one answer at a time with mlx-vlm's own decoder (greedy answers for eval/compare,
+# and the baseline the batched sampler is measured against) ---------------------------
+
+@dataclass
+class Sampled:
+    token_ids: list[int]
+    logprobs: list[float]          # log-prob of each chosen token under the sampler
+    full_logprobs: list[mx.array]  # [V] per step (only when keep_full=True)
+    finish_reason: str             # "stop" (EOS) or "length"
+    stop_token: int | None = None  # the EOS id the model actually emitted (finish "stop")
+    first_logprobs: mx.array | None = None  # [V] at the first step (the answer's first token)
+
+    @property
+    def ids_with_stop(self) -> list[int]:
+        """The response as the model produced it, stop token included: what to score or
+        to use as a label (never some other EOS id the model did not emit)."""
+        return self.token_ids + ([self.stop_token] if self.stop_token is not None else [])
+
+
+def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
+           temperature: float = 0.0, seed: int | None = None, block_pad_tokens: bool = True,
+           keep_full: bool = False) -> Sampled:
+    """Sample one response with mlx-vlm's own decoder. The EOS token is not included in
+    the returned ids. With `block_pad_tokens` the image/video pad ids get BLOCK_BIAS."""
+    from mlx_vlm.generate import generate_step
+
+    bias = {i: models.BLOCK_BIAS for i in models.blocked_token_ids(loaded)} \
+        if block_pad_tokens else None
+    eos = set(models.eos_token_ids(loaded))
+    if seed is not None:
+        mx.random.seed(seed)
+    models.reset_rope_state(loaded.model)
+    ids, lps, full, first = [], [], [], None
+    finish, stop = "length", None
+    loaded.model.eval()  # inference on every module (no LoRA dropout)
+    for token, logprobs in generate_step(
+        enc.input_ids, loaded.model, enc.pixel_values, None, max_tokens=max_tokens,
+        temperature=temperature, top_p=1.0, top_k=0, logit_bias=bias,
+        image_grid_thw=enc.image_grid_thw,
+    ):
+        token = int(token)
+        first = logprobs if first is None else first
+        if token in eos:
+            finish, stop = "stop", token
+            break
+        ids.append(token)
+        lps.append(float(logprobs[token].item()))
+        if keep_full:
+            full.append(logprobs)
+        if len(ids) >= max_tokens:
+            break
+    models.reset_rope_state(loaded.model)
+    return Sampled(ids, lps, full, finish, stop, first)
+
+
+def sample_sequential(loaded: models.Loaded, enc: models.Encoded, n: int, max_tokens: int,
+                      temperature: float = 1.0, seed: int = 0) -> Rollouts:
+    """n samples one at a time with mlx-vlm's own decoder (the baseline the batched
+    sampler is measured against)."""
+    t0 = time.perf_counter()
+    ids, lps, done = [], [], []
+    for i in range(n):
+        s = sample(loaded, enc, max_tokens=max_tokens, temperature=temperature, seed=seed + i)
+        ids.append(s.token_ids)
+        lps.append(s.logprobs)
+        done.append(s.finish_reason == "stop")
+    return Rollouts(ids, lps, done, time.perf_counter() - t0)
