@@ -57,19 +57,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def loop_before():
-    """sample_prompts of rollout.py at BEFORE, as a module of the package (its relative
-    imports resolve to today's models and prefix, whose functions it calls unchanged)."""
+    """sample_prompts of rollout.py at BEFORE, as a module of the package; its imports
+    point at today's models and prefix (mlx_opd/method/ since the package layout), whose
+    functions it calls unchanged."""
     import importlib.util
     import subprocess
     import sys
 
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:mlx_opd/method/rollout.py"],
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:mlx_opd/rollout.py"],
                           capture_output=True, text=True, check=True).stdout
     spec = importlib.util.spec_from_loader("mlx_opd._rollout_before", loader=None)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = "mlx_opd"
+    module.__package__ = "mlx_opd.method"
+    text = text.replace("from . import models, prefix",
+                        "from mlx_opd import models\nfrom mlx_opd.method import prefix")
     sys.modules[spec.name] = module  # its dataclasses look their module up there
-    exec(compile(text, f"{BEFORE}:mlx_opd/method/rollout.py", "exec"), module.__dict__)
+    exec(compile(text, f"{BEFORE}:mlx_opd/rollout.py", "exec"), module.__dict__)
     return module.sample_prompts
 
 

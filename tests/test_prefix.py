@@ -121,7 +121,7 @@ def _teacher_forced_logprobs(L, enc, rows, temperature, forced=None, first_row=0
         pos = mx.broadcast_to(mx.arange(T)[None, :], (len(rows), T)).reshape(-1)
         lengths = mx.array(forced.lengths)[first_row:first_row + len(rows)]
         length = mx.repeat(lengths, T)
-        z = z + forced._bias(pos, length, z.shape[-1]).reshape(z.shape)
+        z = z + forced.bias(pos, length, z.shape[-1]).reshape(z.shape)
     lp = z - mx.logsumexp(z, -1, keepdims=True)
     return [[float(lp[i, t, tok].item()) for t, tok in enumerate(r)] for i, r in enumerate(rows)]
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from mlx_opd.cli import main
 from mlx_opd.data import read_samples
-from mlx_opd.evaluation.evaluate import evaluate, parse_answer
+from mlx_opd.evaluation.evaluate import evaluate
+from mlx_opd.method.answers import parse_answer
 from mlx_opd.method.views import teacher_view
 from mlx_opd.run.config import DataConfig, ViewConfig
 from mlx_opd.toy.synth import COLOURS, SynthConfig, make_scene, write_dataset

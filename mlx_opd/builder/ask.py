@@ -12,8 +12,8 @@ import hashlib
 from typing import Sequence
 
 from mlx_opd import models
-from mlx_opd.evaluation.evaluate import parse_answer
 from mlx_opd.method import rollout
+from mlx_opd.method.answers import parse_answer
 from mlx_opd.run.config import PixelConfig
 
 

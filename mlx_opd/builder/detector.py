@@ -30,16 +30,9 @@ def sam3_decision(label: str, boxes, scores, min_score: float = MIN_SAM3_SCORE
 
 def load_sam3(path: str):
     """mlx-vlm's SAM3 image predictor for the checkpoint folder `path`."""
-    try:
-        from mlx_vlm.models.sam3.generate import Sam3Predictor
-        from mlx_vlm.models.sam3.processing_sam3 import Sam3Processor
-        from mlx_vlm.utils import get_model_path, load_model
-    except ImportError as e:
-        raise RuntimeError(f"--detector sam3 needs mlx-vlm with SAM3 support ({e}); "
-                           "pip install -U mlx-vlm") from None
-    mp = get_model_path(path)
-    return Sam3Predictor(load_model(mp), Sam3Processor.from_pretrained(str(mp)),
-                         score_threshold=0.0)
+    from mlx_opd.models.parts import load_sam3 as load
+
+    return load(path)
 
 
 def refine(predictor, image, regions: list[Region], min_score: float = MIN_SAM3_SCORE

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from mlx_opd import models
 from mlx_opd.models.layouts import hf_name, to_hf_weights
+from mlx_opd.models.parts import dequantize
+from mlx_opd.models.parts import fuse_lora as fuse
 from mlx_opd.run.files import OutputExistsError, check_replaceable, write_dir_atomically
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -76,25 +78,6 @@ def load_with_adapter(base: str, adapter: Path) -> models.Loaded:
         return models.load(base, adapter)
     except models.AdapterMismatchError as e:
         raise ExportError(str(e)) from None
-
-
-def fuse(model: nn.Module, dequantize: bool) -> int:
-    """Replace every LoRALinear by its fused Linear; returns how many were fused."""
-    from mlx_vlm.trainer.peft.lora_layers import LoRALinear
-
-    fused = [(name, m.fuse(dequantize=dequantize)) for name, m in model.named_modules()
-             if isinstance(m, LoRALinear)]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    return len(fused)
-
-
-def dequantize(model: nn.Module) -> int:
-    from mlx_vlm.trainer.common.model import _dequantize_model
-
-    n = sum(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
-    _dequantize_model(model)
-    return n
 
 
 def shard(weights: dict, max_bytes: int) -> list[dict]:

@@ -11,7 +11,6 @@ per view; gap = crop accuracy - plain accuracy. Writes EVAL.json (summary), EVAL
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 from mlx_opd import models
 from mlx_opd.data import Sample
 from mlx_opd.method import rollout
-from mlx_opd.method.views import LETTERS, plain_view, student_view, teacher_view
+from mlx_opd.method.answers import card_fields, parse_answer
+from mlx_opd.method.views import plain_view, student_view, teacher_view
 from mlx_opd.run.config import PixelConfig, ViewConfig
 
 # One name per view everywhere (flags, JSON, JSONL, charts): plain, student, teacher
@@ -27,35 +27,6 @@ from mlx_opd.run.config import PixelConfig, ViewConfig
 VIEWS = {"plain": plain_view, "student": student_view, "teacher": teacher_view}
 SUMMARY_KEY = {v: f"{v}_acc" for v in VIEWS}
 VIEW_COLOURS = {"plain": "#888888", "student": "#d9534f", "teacher": "#428bca"}
-
-
-def parse_answer(text: str, options) -> str | None:
-    """The option letter a free-form answer names, or None. Accepts "B", "(B)", "B.",
-    "B) blue", "The answer is B", "Answer: B", and the option's own text ("blue")."""
-    letters = LETTERS[: len(options or [])] or "ABCD"
-    t = text.strip()
-    patterns = [rf"^\(?([{letters}])\)?(?:[.:,)\s]|$)",
-                rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?:[.:,)\s]|$)",
-                rf"(?:option|choice)\s*\(?([{letters}])\)?(?:[.:,)\s]|$)"]
-    for p in patterns:
-        m = re.search(p, t, flags=re.IGNORECASE if p != patterns[0] else 0)
-        if m:
-            return m.group(1).upper()
-    if options:
-        hits = [i for i, o in enumerate(options)
-                if re.search(rf"\b{re.escape(o.strip())}\b", t, flags=re.IGNORECASE)]
-        if len(hits) == 1:
-            return letters[hits[0]]
-    return None
-
-
-def card_fields(s: Sample) -> dict:
-    """What a result page shows of a sample (pages.py): its image file, box, question."""
-    from pathlib import Path as _P
-
-    return {"image": str(s.image) if isinstance(s.image, _P) else None,
-            "box": list(s.box) if s.box is not None else None,
-            "question": s.question, "options": list(s.options or [])}
 
 
 def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "student", "teacher"),

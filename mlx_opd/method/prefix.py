@@ -28,6 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_opd import models
+from mlx_opd.models import parts
 
 
 class _RecordKV:
@@ -42,9 +43,7 @@ class _RecordKV:
         return keys, values
 
     def make_mask(self, N: int, return_array: bool = False, window_size=None):
-        from mlx_vlm.models.base import create_attention_mask
-
-        return create_attention_mask(mx.zeros((1, N, 1)), None, window_size, return_array)
+        return parts.attention_mask(N, window_size, return_array)
 
     # the checkpointing protocol (checkpointing.py): what the layer reads and writes
     def checkpoint_inputs(self) -> list:
@@ -167,10 +166,8 @@ class _ContinueArrays(_Continuation, _RecordArrays):
 
 def _record_caches(model: nn.Module) -> list:
     """One recording cache per decoder layer, of the kind the layer keeps."""
-    from mlx_vlm.models import cache as vlm_cache
-
     out = []
-    for c in vlm_cache.make_prompt_cache(model.language_model):
+    for c in parts.make_prompt_cache(model):
         if hasattr(c, "update_and_fetch"):
             out.append(_RecordKV())
         elif hasattr(c, "update_recurrent"):
@@ -197,7 +194,7 @@ def prefill(model: nn.Module, enc: models.Encoded, features=None, caches=None):
         out = model(enc.input_ids, pixel_values=enc.pixel_values, cache=caches,
                     image_grid_thw=enc.image_grid_thw)
     hidden = getattr(out, "logits", out)[:, -1, :]
-    rope = model.language_model._rope_deltas
+    rope = models.rope_deltas(model)
     models.reset_rope_state(model)
     return hidden, caches, rope
 

@@ -45,6 +45,7 @@ import mlx.core as mx
 
 from mlx_opd import models
 from mlx_opd.method import prefix
+from mlx_opd.models import parts
 
 CHECK_EVERY = 8  # decode steps between host-side checks for "every row has stopped"
 
@@ -82,11 +83,8 @@ def prefill(loaded: models.Loaded, enc: models.Encoded, features=None):
     to the last position only) and its M-RoPE delta. `features`: the prompt's input
     embeddings already computed (models.input_features), so the vision tower does not
     run again."""
-    from mlx_vlm.models import cache as vlm_cache
-
     model = loaded.model
-    last, cache, rope = prefix.prefill(model, enc, features,
-                                       vlm_cache.make_prompt_cache(model.language_model))
+    last, cache, rope = prefix.prefill(model, enc, features, parts.make_prompt_cache(model))
     logits = models.apply_head(model, last).astype(mx.float32)
     rope = mx.zeros((1, 1), mx.int32) if rope is None else mx.array(rope).reshape(1, 1)
     mx.eval(logits, rope, [c.state for c in cache])
@@ -336,8 +334,6 @@ def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
            keep_full: bool = False) -> Sampled:
     """Sample one response with mlx-vlm's own decoder. The EOS token is not included in
     the returned ids. With `block_pad_tokens` the image/video pad ids get BLOCK_BIAS."""
-    from mlx_vlm.generate import generate_step
-
     bias = {i: models.BLOCK_BIAS for i in models.blocked_token_ids(loaded)} \
         if block_pad_tokens else None
     eos = set(models.eos_token_ids(loaded))
@@ -347,7 +343,7 @@ def sample(loaded: models.Loaded, enc: models.Encoded, max_tokens: int = 64,
     ids, lps, full, first = [], [], [], None
     finish, stop = "length", None
     loaded.model.eval()  # inference on every module (no LoRA dropout)
-    for token, logprobs in generate_step(
+    for token, logprobs in parts.generate_step(
         enc.input_ids, loaded.model, enc.pixel_values, None, max_tokens=max_tokens,
         temperature=temperature, top_p=1.0, top_k=0, logit_bias=bias,
         image_grid_thw=enc.image_grid_thw,

@@ -46,7 +46,7 @@ from mlx_opd.method.loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_toke
 from mlx_opd.method.rollout import sample_prompts
 from mlx_opd.method.teacher import Teacher
 from mlx_opd.method.views import student_view, teacher_view, usable
-from mlx_opd.models import lora
+from mlx_opd.models import lora, parts
 from mlx_opd.models.grad_checkpoint import checkpoint_layers
 from mlx_opd.run import checkpoint, distributed
 from mlx_opd.run.config import ConfigError, TrainConfig, to_dict
@@ -330,7 +330,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, dist: distributed.Dis
     if cfg.model.adapter is None:
         adapter_config = lora.attach(loaded.model, cfg.lora)
     else:  # continue training the given adapters (mlx-vlm restores them trainable)
-        adapter_config = loaded.model._vlm_adapter_config
+        adapter_config = parts.adapter_config(loaded.model)
     _apply_memory_controls(cfg, loaded.model)
     optimizer = make_optimizer(cfg.optim)
     optimizer.init(loaded.model.trainable_parameters())

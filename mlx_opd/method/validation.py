@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlx_opd.data import Sample, read_samples
-from mlx_opd.evaluation.evaluate import card_fields, parse_answer
+from mlx_opd.method.answers import card_fields, parse_answer
 from mlx_opd.run.config import DataConfig, TrainConfig, ValidationConfig
 
 VAL_SEED_OFFSET = 1_000_003  # the carve's own stream, apart from the data order's

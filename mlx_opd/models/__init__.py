@@ -40,5 +40,6 @@ from mlx_opd.models.vlm import (  # noqa: F401
     response_hidden,
     response_logits,
     response_logprobs,
+    rope_deltas,
     sampling_bias,
 )

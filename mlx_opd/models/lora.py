@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlx_opd.models.parts import adapter_config
 from mlx_opd.run.config import LoraConfig
 from mlx_opd.run.files import write_dir_atomically
 
@@ -44,7 +45,7 @@ def attach(model: nn.Module, cfg: LoraConfig) -> dict:
 
         get_peft_model(model, target_names(model, cfg.train_vision), rank=cfg.rank,
                        alpha=cfg.alpha, dropout=cfg.dropout, freeze=True, verbose=False)
-        config = model._vlm_adapter_config
+        config = adapter_config(model)
     # which family the adapter belongs to, so an export onto another base fails clearly
     config["mlx_opd"] = {"base_model_type": model.config.model_type}
     return config

@@ -325,6 +325,12 @@ def image_token_count(loaded: Loaded, enc: Encoded) -> int:
     return int((enc.input_ids == loaded.model.config.image_token_id).sum().item())
 
 
+def rope_deltas(model: nn.Module):
+    """The M-RoPE position delta the language model kept from its last prompt call (None
+    for a family without one)."""
+    return getattr(model.language_model, "_rope_deltas", None)
+
+
 def reset_rope_state(model: nn.Module) -> None:
     """Forget the language model's cached M-RoPE positions (quirk 2)."""
     lm = model.language_model

@@ -105,16 +105,11 @@ def param_counts(config: dict) -> dict:
 @lru_cache(maxsize=8)
 def _param_counts(config_json: str) -> tuple:
     from mlx.utils import tree_flatten
-    from mlx_vlm.utils import get_model_and_args, update_module_configs
 
-    cfg = json.loads(config_json)
-    cfg.pop("quantization", None)
-    cfg.pop("quantization_config", None)
-    model_class, _ = get_model_and_args(cfg)
-    mcfg = update_module_configs(model_class.ModelConfig.from_dict(cfg), model_class, cfg,
-                                 ["text", "vision"])
+    from mlx_opd.models.parts import model_from_config
+
     counts = {"embed": 0, "head": 0, "text_layers": 0, "vision": 0, "other": 0, "lora_fans": 0}
-    model = model_class.Model(mcfg)
+    model = model_from_config(json.loads(config_json))
     import mlx.nn as nn
 
     # LoRA goes on every linear layer of the decoder (lora.py): rank x (in + out) each

@@ -52,7 +52,7 @@ class ForcedLengths:
     lengths: list[int]
     eos: tuple[int, ...]
 
-    def _bias(self, step: mx.array, length: mx.array, vocab: int) -> mx.array:
+    def bias(self, step: mx.array, length: mx.array, vocab: int) -> mx.array:
         """[B, V] additive bias at decode step `step` (0-based) for rows of `length`."""
         force = (step + 1 == length)[:, None]
         ids = mx.arange(vocab)[None, :]
@@ -63,7 +63,7 @@ class ForcedLengths:
     def __call__(self, logits: mx.array, pos: mx.array, rows: mx.array) -> mx.array:
         """The batched form: slot i is global row rows[i] at decode position pos[i]."""
         length = mx.array(self.lengths, dtype=mx.int32)[rows]
-        return logits + self._bias(pos, length, logits.shape[-1]).astype(logits.dtype)
+        return logits + self.bias(pos, length, logits.shape[-1]).astype(logits.dtype)
 
     def for_row(self, row: int) -> "_RowProcessor":
         return _RowProcessor(self, row)
@@ -80,7 +80,7 @@ class _RowProcessor:
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         length = mx.array([self.owner.lengths[self.row]], dtype=mx.int32)
-        bias = self.owner._bias(mx.array([self.step], dtype=mx.int32), length, logits.shape[-1])
+        bias = self.owner.bias(mx.array([self.step], dtype=mx.int32), length, logits.shape[-1])
         self.step += 1
         return logits + bias.astype(logits.dtype)
 

@@ -235,16 +235,10 @@ def random_weights(config: dict, seed: int) -> dict:
     """Build the mlx-vlm model for `config` with seeded random init; {mlx name: array}."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_vlm.utils import get_model_and_args, update_module_configs
 
-    cfg = json.loads(json.dumps(config))
-    model_class, _ = get_model_and_args(cfg)
-    cfg.setdefault("text_config", {})
-    cfg.setdefault("vision_config", {})
-    mcfg = model_class.ModelConfig.from_dict(cfg)
-    mcfg = update_module_configs(mcfg, model_class, cfg, ["text", "vision"])
-    mx.random.seed(seed)
-    model = model_class.Model(mcfg)
+    from mlx_opd.models.parts import model_from_config
+
+    model = model_from_config(config, seed)
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     return weights

@@ -1,0 +1,57 @@
+"""The package layout (docs/design/architecture.md): each package imports only the layers
+below it, and mlx-vlm is reached only through mlx_opd/models."""
+
+import re
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "mlx_opd"
+# what each package may import (besides itself and the package root's __version__)
+ALLOWED = {
+    "run": set(),
+    "data": {"run"},
+    "models": {"run"},
+    "metal": {"run"},
+    "method": {"run", "data", "models", "metal"},
+    "preflight": {"run", "data", "models", "metal", "method"},
+    "engines": {"run", "data", "models", "method"},
+    "evaluation": {"run", "data", "models", "method"},
+    "builder": {"run", "data", "models", "method", "evaluation"},
+    "toy": {"run", "data", "models", "method", "evaluation"},
+}
+IMPORT = re.compile(r"^\s*(?:from|import)\s+mlx_opd\.(\w+)", re.M)
+VLM = re.compile(r"^\s*(?:from|import)\s+mlx_vlm\b", re.M)
+
+
+def _sources():
+    return [(p.relative_to(PKG).parts, p.read_text()) for p in PKG.rglob("*.py")]
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    wrong = []
+    for parts, text in _sources():
+        if len(parts) < 2:
+            continue  # the root's __init__ and the cli may import anything
+        own = parts[0]
+        assert own in ALLOWED, f"{own}/ is a package the layout does not name"
+        for used in IMPORT.findall(text):
+            if used != own and used not in ALLOWED[own]:
+                wrong.append(f"{'/'.join(parts)} imports mlx_opd.{used}")
+    assert not wrong, wrong
+
+
+def test_mlx_vlm_is_imported_only_inside_the_models_package():
+    outside = ["/".join(parts) for parts, text in _sources()
+               if parts[0] != "models" and VLM.search(text)]
+    assert not outside, outside
+    # mlx-vlm's private state is read and written only there, too
+    private = ["/".join(parts) for parts, text in _sources()
+               if parts[0] != "models" and re.search(r"\._vlm_adapter_config|\._rope_deltas", text)]
+    assert not private, private
+
+
+def test_every_package_says_what_it_holds_and_may_import():
+    for name in ALLOWED:
+        if name == "metal":
+            continue
+        doc = (PKG / name / "__init__.py").read_text()
+        assert doc.startswith('"""') and "import" in doc.split('"""')[1], name
