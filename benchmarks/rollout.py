@@ -47,7 +47,8 @@ import mlx.core as mx
 # isort: on
 
 from mlx_opd import models
-from mlx_opd.method import rollout, trainer
+from mlx_opd.method import rollout
+from mlx_opd.method import step as stepping
 from mlx_opd.run.config import TrainConfig, build
 from mlx_opd.toy.answer_lengths import ForcedLengths, draw_lengths, fixed_lengths
 
@@ -111,7 +112,7 @@ def prompts(loaded, workdir: Path, count: int, size):
     out = []
     for seed in range(count):
         s = photo_sample(workdir, seed, size)
-        out.append((s.image, s.question, trainer.student_prompt(loaded, s, cfg)))
+        out.append((s.image, s.question, stepping.student_prompt(loaded, s, cfg)))
     return out
 
 

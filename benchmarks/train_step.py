@@ -37,6 +37,8 @@ import mlx.optimizers as optim
 
 from mlx_opd import models
 from mlx_opd.method import rollout, trainer
+from mlx_opd.method import score as scoring
+from mlx_opd.method import step as stepping
 from mlx_opd.method.teacher import Teacher
 from mlx_opd.method.views import student_view, teacher_view
 from mlx_opd.models import lora
@@ -74,7 +76,7 @@ def sft_step(loaded, optimizer, batch):
 
 
 def opd_update(loaded, optimizer, teacher, cfg, s_enc, t_enc, responses, features=None):
-    scored = trainer.score(loaded, teacher, cfg, s_enc, t_enc, responses,
+    scored = scoring.score(loaded, teacher, cfg, s_enc, t_enc, responses,
                            float(sum(len(r) for r in responses)), features)
     grads, _ = optim.clip_grad_norm(scored.grads, cfg.optim.grad_clip)
     optimizer.update(loaded.model, grads)
@@ -112,7 +114,7 @@ def bench_model(name, size, args, workdir):
     tv = teacher_view(sample, cfg.views)
     t_enc = models.encode(loaded, tv.image, tv.text, cfg.pixels.for_crop())
     teacher = Teacher(loaded.model, cfg.teacher)
-    optimizer = trainer.make_optimizer(cfg.optim)  # the trainer's (PyTorch AdamW semantics)
+    optimizer = stepping.make_optimizer(cfg.optim)  # the trainer's (PyTorch AdamW semantics)
     opd_equal, peak_equal = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, enc, enc,
                                                      responses), args.repeats)
     opd_crop, peak_crop = timed(lambda: opd_update(loaded, optimizer, teacher, cfg, enc, t_enc,
@@ -192,8 +194,8 @@ def long_prompt(args, workdir) -> list[dict]:
     cfg = build(TrainConfig, {"loss": {"k": 100}, "rollout": {"n": args.n},
                               "memory": {"grad_checkpoint": True}}, "bench")
     samples = [photo_sample(workdir, seed) for seed in range(args.long_prompts)]
-    encs = [trainer.student_prompt(loaded, s, cfg) for s in samples]
-    t_enc = trainer.teacher_prompt(loaded, samples[0], cfg)
+    encs = [stepping.student_prompt(loaded, s, cfg) for s in samples]
+    t_enc = stepping.teacher_prompt(loaded, samples[0], cfg)
     n = args.n
     # rollouts: the prompts decoded together vs one prompt at a time (prefill included)
     T = args.long_rollout_tokens
@@ -223,7 +225,7 @@ def long_prompt(args, workdir) -> list[dict]:
     lora.attach(loaded.model, LoraConfig())
     checkpoint_layers(loaded.model)
     teacher = Teacher(loaded.model, cfg.teacher)
-    optimizer = trainer.make_optimizer(cfg.optim)
+    optimizer = stepping.make_optimizer(cfg.optim)
     resident = mx.get_active_memory()
     vocab = loaded.model.language_model.args.vocab_size
     rng = __import__("random").Random(0)

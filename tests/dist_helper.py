@@ -8,6 +8,7 @@ import os
 import sys
 
 import mlx_opd  # noqa: F401
+from mlx_opd.method import step as stepping
 from mlx_opd.method import trainer
 from mlx_opd.run import distributed
 from mlx_opd.run.config import load_train_config
@@ -28,12 +29,12 @@ elif mode == "die":
     cfg = load_train_config(config, {"model.path": model, "data.path": data, "run.out": out,
                                      "run.save_every": 1, "optim.epochs": 4, "optim.max_steps": 6,
                                      "optim.prompts_per_step": 2, "run.step_timeout_s": 30})
-    real_step = trainer.train_step
+    real_step = stepping.train_step
 
     def step(cfg, loaded, optimizer, teacher, samples, state, dist=None, *rest):
         if dist is not None and dist.rank == 1 and state.step == 2:
             os._exit(9)  # a rank dies mid-run
         return real_step(cfg, loaded, optimizer, teacher, samples, state, dist, *rest)
 
-    trainer.train_step = step
+    stepping.train_step = step
     trainer.train(cfg)

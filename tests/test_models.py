@@ -137,7 +137,7 @@ def test_shared_prompt_runs_vision_once_within_fp32_tolerance(family, loaded, mo
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_precomputed_inputs_give_the_same_loss_and_lora_gradients(family, loaded):
     """The student pass computes the frozen vision tower's output before the gradient
-    pass (trainer.score): loss and LoRA gradients equal the in-pass computation."""
+    pass (score.score): loss and LoRA gradients equal the in-pass computation."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 

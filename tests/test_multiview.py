@@ -17,6 +17,8 @@ from PIL import Image
 from mlx_opd import models
 from mlx_opd.cli import main
 from mlx_opd.data import read_samples, union_box
+from mlx_opd.method import score as scoring
+from mlx_opd.method import step as stepping
 from mlx_opd.method import trainer
 from mlx_opd.method.views import crop_box, degrade, student_view, teacher_view
 from mlx_opd.models.layouts import SUPPORTED_FAMILIES
@@ -188,14 +190,14 @@ def test_shared_prefix_equals_duplicated_with_several_teacher_crops(family, k, t
     cfg, L, teacher = _setup(tiny_dir[family], tmp_path, **{
         "data.path": str(MULTI), "views.teacher": "crops"})
     sample = next(s for s in read_samples(cfg.data)[0] if len(s.all_boxes) == k)
-    enc = trainer.student_prompt(L, sample, cfg)
-    t_enc = trainer.teacher_prompt(L, sample, cfg)
+    enc = stepping.student_prompt(L, sample, cfg)
+    t_enc = stepping.teacher_prompt(L, sample, cfg)
     assert t_enc.num_images == k
     a = assert_shared_equals_duplicated(cfg, L, teacher, enc, t_enc)
     # the crops matter: one crop fewer gives another loss
     one = trainer.replace(cfg, views=trainer.replace(cfg.views, teacher="crop"))
     eos = models.eos_token_ids(L)[-1]
-    single = trainer.score(L, teacher, one, enc, trainer.teacher_prompt(L, sample, one),
+    single = scoring.score(L, teacher, one, enc, stepping.teacher_prompt(L, sample, one),
                            [[5, 6, 7, 8, 9], [10, eos], [11], [12, 13, 14, eos]], 10.0)
     assert abs(single.loss - a.loss) > 1e-6
 
@@ -210,7 +212,7 @@ def test_plan_counts_every_teacher_crop_as_the_processor_does(tiny_dir, loaded):
         full, crop = planner.data_sizes(cfg)
         got = planner.predict(config, proc, cfg, full, crop, "float32", "cpu")["tokens"]
         # the sample with the largest teacher view, encoded: the processor's own count
-        want = max(models.image_token_count(L, trainer.teacher_prompt(L, s, cfg))
+        want = max(models.image_token_count(L, stepping.teacher_prompt(L, s, cfg))
                    for s in read_samples(cfg.data)[0])
         assert got["image_crop"] == want, mode
 

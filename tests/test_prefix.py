@@ -8,6 +8,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_opd import models
 from mlx_opd.data import read_samples
 from mlx_opd.method import prefix, rollout, trainer
+from mlx_opd.method import score as scoring
+from mlx_opd.method import step as stepping
 from mlx_opd.method.teacher import Teacher
 from mlx_opd.method.views import student_view
 from mlx_opd.models import lora
@@ -48,7 +50,7 @@ def test_shared_prefix_equals_duplicated_prompts(family, checkpointing, tiny_dir
     sample = read_samples(cfg.data)[0][0]
     view = student_view(sample, cfg.views)
     enc = models.encode(L, view.image, view.text, cfg.pixels)
-    t_enc = trainer.teacher_prompt(L, sample, cfg)
+    t_enc = stepping.teacher_prompt(L, sample, cfg)
     if checkpointing:
         checkpoint_layers(L.model)
     try:
@@ -66,7 +68,7 @@ def assert_shared_equals_duplicated(cfg, L, teacher, enc, t_enc):
     got = {}
     for shared in (True, False):
         c = trainer.replace(cfg, score=trainer.replace(cfg.score, shared_prefix=shared))
-        got[shared] = trainer.score(L, teacher, c, enc, t_enc, responses, 10.0)
+        got[shared] = scoring.score(L, teacher, c, enc, t_enc, responses, 10.0)
     a, b = got[True], got[False]
     assert a.loss == pytest.approx(b.loss, **{"rel": FP32["rtol"], "abs": FP32["atol"]})
     assert a.agree == b.agree
@@ -250,15 +252,15 @@ def test_the_rollouts_image_features_serve_the_student_pass(family, tiny_dir, tm
     cfg, L, teacher = _setup(tiny_dir[family], tmp_path)
     sample = read_samples(cfg.data)[0][0]
     key = [mx.random.key(3)]
-    (enc,), (r,), (feats,) = trainer.roll_out(L, [sample], cfg, key)
+    (enc,), (r,), (feats,) = stepping.roll_out(L, [sample], cfg, key)
     assert feats is not None
     plain = rollout.sample_prompts(L, [enc], cfg.rollout.n, cfg.rollout.max_tokens,
                                    cfg.rollout.temperature, key)[0]
     assert plain.token_ids == r.token_ids
     np.testing.assert_allclose(sum(plain.logprobs, []), sum(r.logprobs, []), **FP32)
-    t_enc = trainer.teacher_prompt(L, sample, cfg)
-    a = trainer.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0, feats)
-    b = trainer.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0)
+    t_enc = stepping.teacher_prompt(L, sample, cfg)
+    a = scoring.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0, feats)
+    b = scoring.score(L, teacher, cfg, enc, t_enc, r.token_ids, 7.0)
     assert a.loss == pytest.approx(b.loss, rel=FP32["rtol"], abs=FP32["atol"])
     ga, gb = dict(tree_flatten(a.grads)), dict(tree_flatten(b.grads))
     scale = max(float(mx.abs(v).max().item()) for v in gb.values())
@@ -275,9 +277,9 @@ def test_prompt_groups_sample_the_same_answers(tiny_dir, tmp_path):
     cfg, L, _ = _setup(tiny_dir["qwen2_5_vl"], tmp_path)
     samples = read_samples(cfg.data)[0][:3]
     keys = [mx.random.key(7 + j) for j in range(3)]
-    _, together, _ = trainer.roll_out(L, samples, cfg, keys)
+    _, together, _ = stepping.roll_out(L, samples, cfg, keys)
     one = trainer.replace(cfg, rollout=trainer.replace(cfg.rollout, prompt_batch=1))
-    _, alone, _ = trainer.roll_out(L, samples, one, keys)
+    _, alone, _ = stepping.roll_out(L, samples, one, keys)
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     p_all, p_one = plan.plan(cfg), plan.plan(one)
     assert p_one["phases"]["rollout"] < p_all["phases"]["rollout"]

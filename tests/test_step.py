@@ -21,6 +21,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_opd import models
 from mlx_opd.cli import main
 from mlx_opd.data import read_samples
+from mlx_opd.method import score as scoring
+from mlx_opd.method import step as stepping
 from mlx_opd.method import trainer
 from mlx_opd.method.teacher import Teacher, rate_per_step
 from mlx_opd.method.views import student_view, teacher_view
@@ -177,10 +179,10 @@ def test_one_whole_step_equals_an_independent_computation(family, finetune, redu
     normaliser = n_tokens if reduction == "token_mean" else sum(len(rs) for rs in responses)
     got_loss, got_grads = 0.0, None
     for s, enc, rs in zip(samples, encs, responses):
-        scored = trainer.score(L, teacher, cfg, enc, trainer.teacher_prompt(L, s, cfg), rs,
+        scored = scoring.score(L, teacher, cfg, enc, stepping.teacher_prompt(L, s, cfg), rs,
                                normaliser)
         got_loss += scored.loss
-        got_grads = trainer._add(got_grads, scored.grads)
+        got_grads = stepping._add(got_grads, scored.grads)
     # the independent computation
     want_loss, want_grads = _reference_loss(
         L.model, teacher_params, student, samples, encs, crop_encs, responses, cfg.loss.k,
@@ -207,7 +209,7 @@ def test_optimizer_equals_torch_adamw_for_several_steps():
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(5, 7)).astype(np.float32)
     grads = [rng.normal(size=(5, 7)).astype(np.float32) * (i + 1) for i in range(6)]
-    opt = trainer.make_optimizer(cfg)
+    opt = stepping.make_optimizer(cfg)
     params = {"w": mx.array(w0)}
     opt.init(params)
     tw = torch.nn.Parameter(torch.tensor(w0))
@@ -243,8 +245,8 @@ def test_warmup_and_teacher_rate_are_in_the_recipes_units():
     cfg = load_train_config(str(EXAMPLE), {"optim.lr": 1.0, "optim.warmup_steps": 10,
                                            "optim.prompts_per_step": 4}).optim
     # 10 recipe steps of 96 prompts = 960 prompts = 240 steps of 4
-    assert trainer.lr_at(cfg, 0) == pytest.approx(4 / 960, rel=1e-12)
-    assert trainer.lr_at(cfg, 238) < 1.0 and trainer.lr_at(cfg, 239) == 1.0
+    assert stepping.lr_at(cfg, 0) == pytest.approx(4 / 960, rel=1e-12)
+    assert stepping.lr_at(cfg, 238) < 1.0 and stepping.lr_at(cfg, 239) == 1.0
     # the teacher keeps (1 - 0.05) per 96 prompts seen, whatever the batch
     per_step = rate_per_step(0.05, 4, 96)
     assert (1 - per_step) ** 24 == pytest.approx(0.95, rel=1e-12)
@@ -298,8 +300,8 @@ def test_every_module_is_in_the_right_mode_in_each_phase(family, tiny_dir, tmp_p
                 phase[0] = "none"
         return wrapped
 
-    monkeypatch.setattr(trainer, "sample_prompts", in_phase("rollout", trainer.sample_prompts))
-    real_hidden = trainer.response_hidden
+    monkeypatch.setattr(stepping, "sample_prompts", in_phase("rollout", stepping.sample_prompts))
+    real_hidden = scoring.response_hidden
 
     def hidden(model, *a, **k):
         # teacher pass: inside Teacher.weights_in (teacher params swapped in); student: else
@@ -310,7 +312,7 @@ def test_every_module_is_in_the_right_mode_in_each_phase(family, tiny_dir, tmp_p
         finally:
             phase[0] = "none"
 
-    monkeypatch.setattr(trainer, "response_hidden", hidden)
+    monkeypatch.setattr(scoring, "response_hidden", hidden)
     real_weights_in = Teacher.weights_in
 
     from contextlib import contextmanager
@@ -323,9 +325,9 @@ def test_every_module_is_in_the_right_mode_in_each_phase(family, tiny_dir, tmp_p
 
     monkeypatch.setattr(Teacher, "weights_in", weights_in)
     teacher = Teacher(L.model, cfg.teacher)
-    optimizer = trainer.make_optimizer(cfg.optim)
+    optimizer = stepping.make_optimizer(cfg.optim)
     samples = read_samples(cfg.data)[0]
-    trainer.train_step(cfg, L, optimizer, teacher, samples, trainer.RunState())
+    stepping.train_step(cfg, L, optimizer, teacher, samples, stepping.RunState())
     assert {"rollout", "teacher", "student"} <= set(seen)
     names = list(seen["student"][0])
     assert any("lora" in n or "lora_a" in n for n in names) or any(
@@ -409,7 +411,7 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny_dir, tmp_path)
 
 def test_an_exception_inside_a_step_saves_the_last_consistent_state(tiny_dir, tmp_path, monkeypatch):
     calls = []
-    real = trainer.score
+    real = stepping.score
 
     def failing(*a, **k):
         calls.append(1)
@@ -417,7 +419,7 @@ def test_an_exception_inside_a_step_saves_the_last_consistent_state(tiny_dir, tm
             raise MemoryError("simulated out-of-memory")
         return real(*a, **k)
 
-    monkeypatch.setattr(trainer, "score", failing)
+    monkeypatch.setattr(stepping, "score", failing)
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--config", str(EXAMPLE), "--model",
                                   str(tiny_dir["qwen2_5_vl"]), "--data", str(DATA), "--out",
@@ -425,7 +427,7 @@ def test_an_exception_inside_a_step_saves_the_last_consistent_state(tiny_dir, tm
     assert r.exit_code != 0 and "simulated out-of-memory" in r.output and "--resume" in r.output
     ck = checkpoint.latest(out)
     assert ck is not None and json.loads((ck / "state.json").read_text())["step"] == 1
-    monkeypatch.setattr(trainer, "score", real)
+    monkeypatch.setattr(stepping, "score", real)
     r = CliRunner().invoke(main, ["train", "--resume", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads((checkpoint.latest(out) / "state.json").read_text())["step"] == 3

@@ -21,6 +21,7 @@ from mlx_opd import models
 from mlx_opd.cli import main
 from mlx_opd.data import read_samples
 from mlx_opd.method import rollout, trainer
+from mlx_opd.method import step as stepping
 from mlx_opd.method.teacher import Teacher
 from mlx_opd.models import lora
 from mlx_opd.run import checkpoint
@@ -62,7 +63,7 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     cfg = _cfg(tiny_dir, tmp_path)
     L = loaded("qwen2_5_vl")
     sample = read_samples(cfg.data)[0][0]
-    (enc,), (r,), _ = trainer.roll_out(L, [sample], cfg, [mx.random.key(1)])
+    (enc,), (r,), _ = stepping.roll_out(L, [sample], cfg, [mx.random.key(1)])
     assert len(r.token_ids) == cfg.rollout.n
     assert all(1 <= len(t) <= cfg.rollout.max_tokens for t in r.token_ids)
     blocked = set(models.blocked_token_ids(L))
@@ -76,7 +77,7 @@ def test_rollouts_are_scored_as_sampled(loaded, tiny_dir, tmp_path):
     retok = [L.tokenizer.encode(models.decode(L, ids), add_special_tokens=False) for ids in r.token_ids]
     assert retok != [[t for t in ids if t not in models.eos_token_ids(L)] for ids in r.token_ids]
     # the teacher's prompt is the crop's: its image-token count is the crop's, not the full's
-    t_batch = models.make_batch([trainer.teacher_prompt(L, sample, cfg)] * len(r.token_ids),
+    t_batch = models.make_batch([stepping.teacher_prompt(L, sample, cfg)] * len(r.token_ids),
                                 r.token_ids)
     from mlx_opd.method.views import teacher_view
 
@@ -223,14 +224,14 @@ def test_kill_mid_checkpoint_then_resume_equals_uninterrupted(tiny_dir, tmp_path
 
 def test_nonfinite_steps_are_skipped_then_stop(tiny_dir, tmp_path, monkeypatch):
     cfg = _cfg(tiny_dir, tmp_path, **{"run.max_nonfinite": 1, "optim.max_steps": 4})
-    real_score = trainer.score
+    real_score = stepping.score
 
     def nan_score(*args, **kw):  # the scorer reports a NaN loss; the loop must cope
         s = real_score(*args, **kw)
         s.loss = float("nan")
         return s
 
-    monkeypatch.setattr(trainer, "score", nan_score)
+    monkeypatch.setattr(stepping, "score", nan_score)
     with pytest.raises(trainer.TrainingStopped, match="non-finite steps in a row"):
         trainer.train(cfg)
     ck = checkpoint.latest(Path(cfg.run.out))

@@ -189,7 +189,7 @@ def test_eval_takes_the_runs_config(tiny_dir, tmp_path):
     r = _train(tiny_dir, run, "--set", "pixels.max_pixels=3136")  # 56 x 56: 4 image tokens
     assert r.exit_code == 0, r.output
     data = write_scene(make_scene(5), tmp_path / "d")
-    from mlx_opd.cli import _run_config
+    from mlx_opd.cli.common import _run_config
 
     cfg = _run_config(str(run))
     assert cfg.pixels.max_pixels == 3136

@@ -5,7 +5,7 @@ or a fused MLX folder.
 
 hf    LoRA fused into the base; a quantized base is dequantized (lossy with respect to
       the original bf16 weights: export from the original bf16 base with the same adapter
-      to avoid it); mlx-vlm's renames and layouts inverted (hf_layout.py); safetensors
+      to avoid it); mlx-vlm's renames and layouts inverted (models/layouts.py); safetensors
       under Hugging Face names, sharded past --max-shard-gb with an index; config.json
       without quantization entries; tokenizer and processor files from the original
       Hugging Face folder (--hf-source; mlx-vlm's converted folders carry a rewritten

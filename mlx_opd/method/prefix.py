@@ -45,7 +45,7 @@ class _RecordKV:
     def make_mask(self, N: int, return_array: bool = False, window_size=None):
         return parts.attention_mask(N, window_size, return_array)
 
-    # the checkpointing protocol (checkpointing.py): what the layer reads and writes
+    # the checkpointing protocol (models/grad_checkpoint.py): what the layer reads and writes
     def checkpoint_inputs(self) -> list:
         return []
 

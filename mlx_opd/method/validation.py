@@ -141,7 +141,8 @@ class Validator:
 
         from mlx_opd import models
         from mlx_opd.method import prefix
-        from mlx_opd.method.loss import AUTHORS_TAIL_FLOOR, EXACT_TAIL_FLOOR, fused_token_divergence
+        from mlx_opd.method.loss import fused_token_divergence
+        from mlx_opd.method.score import divergence_kwargs
 
         c, model = self.cfg.loss, loaded.model
         teacher_encs = dict(self.encs["teacher"])
@@ -154,12 +155,11 @@ class Validator:
             with teacher.weights_in(model):
                 t_hidden = prefix.response_hidden(model, teacher_encs[i], ids)
             s_hidden = prefix.response_hidden(model, s_enc, ids)
+            # the sampled estimator is a surrogate: validation reports the divergence
             per_token = fused_token_divergence(
-                s_hidden, t_hidden, models.lm_head(model), mask, kind=c.kind, beta=c.beta,
-                estimator="topk" if c.estimator == "sampled" else c.estimator, k=c.k,
-                tail=c.tail, temperature=self.cfg.rollout.temperature, reduction="none",
-                sampled_ids=ids, backend=c.backend, chunk_size=c.chunk_size,
-                tail_floor=EXACT_TAIL_FLOOR if c.exact_tail else AUTHORS_TAIL_FLOOR)
+                s_hidden, t_hidden, models.lm_head(model), mask, reduction="none",
+                sampled_ids=ids, **divergence_kwargs(
+                    self.cfg, "topk" if c.estimator == "sampled" else None))
             total += float(per_token.sum().item())
             tokens += int(mask.sum().item())
             mx.clear_cache()

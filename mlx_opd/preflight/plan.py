@@ -4,7 +4,7 @@ sizes, before any weights are loaded.
 
     mlx-opd plan --config run.yaml [--memory-gb 16] [--chip m3-pro] [--json plan.json]
 
-The step's phases (trainer.train_step) and what each holds besides the resident weights:
+The step's phases (step.train_step) and what each holds besides the resident weights:
 - rollout: each prompt's prefill (batch 1: vision tower, every layer's transient
   activations, the head on the last position), then the KV cache (or recurrent state) of
   the step's prompts x n rows, decoded together;

@@ -1,0 +1,3 @@
+from mlx_opd.cli import main
+
+main()
