@@ -65,17 +65,17 @@ def pixel_options(f):
 
 
 def view_options(f):
-    from mlx_opd.run.config import STUDENT_VIEWS, TEACHER_VIEWS
+    from mlx_opd.run.config import STUDENT_VIEWS, TEACHER_VIEWS, ViewConfig
 
     f = click.option("--teacher-view", type=click.Choice(TEACHER_VIEWS), default=None,
-                     help="The teacher's privilege: crop (default), crops (one per box), "
+                     help=f"The teacher's privilege: {ViewConfig.teacher} (default); crop, crops (one per box), "
                           "union, clean (the full image).")(f)
     f = click.option("--student-view", type=click.Choice(STUDENT_VIEWS), default=None,
-                     help="What the student sees: boxed (default), plain, degraded.")(f)
+                     help=f"What the student sees: {ViewConfig.student} (default); boxed, plain, degraded.")(f)
     f = click.option("--min-crop-side", type=int, default=None, help="Minimum crop side after zoom (px).")(f)
-    f = click.option("--zoom", type=float, default=None, help="Teacher crop zoom factor (default 2).")(f)
-    f = click.option("--crop-margin", type=float, default=None, help="Crop margin, fraction of box side (default 0).")(f)
-    f = click.option("--box-width", type=int, default=None, help="Red box line width in px (default 3).")(f)
+    f = click.option("--zoom", type=float, default=None, help=f"Teacher crop zoom factor (default {ViewConfig.zoom:g}).")(f)
+    f = click.option("--crop-margin", type=float, default=None, help=f"Crop margin, fraction of box side (default {ViewConfig.crop_margin:g}).")(f)
+    f = click.option("--box-width", type=int, default=None, help=f"Red box line width in px (default {ViewConfig.box_width}).")(f)
     f = click.option("--no-hint", is_flag=True, help="Do not append the authors' hint to the student text.")(f)
     f = click.option("--no-box", is_flag=True, help="Do not draw the red box on the student image.")(f)
     return f

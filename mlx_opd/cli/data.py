@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from mlx_opd.builder.config import BuildConfig, ConsensusConfig, MiningConfig, RegionConfig
 from mlx_opd.cli.common import (
     _fail,
     _offline_if_local,
@@ -211,18 +212,18 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
 @click.option("--styles", help="Question styles, comma-separated (colour,text,count,"
               "material,shape,state).")
 @click.option("--no-validate", is_flag=True, help="Skip the check of each written question.")
-@click.option("--k", "k", type=int, help="Crop answers per item (consensus; default 8).")
-@click.option("--m", "m", type=int, help="Full-image answers per item (mining; default 16).")
+@click.option("--k", "k", type=int, help=f"Crop answers per item (consensus; default {ConsensusConfig.k}).")
+@click.option("--m", "m", type=int, help=f"Full-image answers per item (mining; default {MiningConfig.m}).")
 @click.option("--max-full-acc", type=float, help="Keep items whose full-image accuracy is "
-              "below this (default 0.5).")
+              f"below this (default {MiningConfig.max_full_acc:g}).")
 @click.option("--no-mining", is_flag=True, help="Keep every item whose crop consensus held.")
-@click.option("--max-area-ratio", type=float, help="Drop boxes this big or bigger, as a share of the image (default 0.10; 1: keep all).")
-@click.option("--min-side", type=int, help="Drop boxes with a side under N px (default 12).")
+@click.option("--max-area-ratio", type=float, help=f"Drop boxes this big or bigger, as a share of the image (default {RegionConfig.max_area_ratio:g}; 1: keep all).")
+@click.option("--min-side", type=int, help=f"Drop boxes with a side under N px (default {RegionConfig.min_side}).")
 @click.option("--build-max-pixels", "max_pixels", type=int,
               help="The processor's bound on image pixels.")
 @click.option("--heldout-share", type=float, help="Share of the kept items for heldout.jsonl, "
-              "whole photos at a time (default 0.1).")
-@click.option("--batch", type=int, help="Prompts decoded together (default 8).")
+              f"whole photos at a time (default {BuildConfig.heldout_share:g}).")
+@click.option("--batch", type=int, help=f"Prompts decoded together (default {BuildConfig.batch}).")
 @click.option("--seed", type=int, help="Seeds sampling, option order and the split.")
 @click.option("--force", is_flag=True, help="Replace --out instead of resuming it.")
 @config_option

@@ -3,6 +3,7 @@ evaluations compared), `compare` (one photo, three views) and `studio` (the loca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,13 @@ from mlx_opd.cli.common import (
     pixel_options,
     view_options,
 )
+from mlx_opd.evaluation.benchmarks.item import Benchmark  # a dataclass: nothing heavy
 from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES
+from mlx_opd.run.config import EvalConfig
+
+
+def _field_default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 @main.command()
@@ -137,7 +144,8 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
                    "where boxes exist: vstar).")
 @click.option("--limit", type=int, default=None, help="Only the first N samples.")
 @click.option("--max-tokens", type=int, default=None,
-              help="Answer length cap (default 8; benchmarks 16).")
+              help=f"Answer length cap (default {EvalConfig.max_tokens}; benchmarks "
+                   f"{_field_default(Benchmark, 'max_tokens')}).")
 @click.option("--judge", "judge_model", default=None,
               help="Benchmarks: a local MLX model that maps answers the rules cannot read to "
                    "an option (reported separately; off by default).")
@@ -191,7 +199,7 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
             click.echo(f"  skipped: {msg}", err=True)
         summary, rows = evaluate(loaded, samples,
                                  tuple(v.strip() for v in (views or "plain,student,teacher")
-                                       .split(",")), view_cfg, pixels, max_tokens or 8,
+                                       .split(",")), view_cfg, pixels, max_tokens or EvalConfig.max_tokens,
                                  progress=eta_progress("eval"))
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(e)

@@ -139,16 +139,24 @@ def _check_out(out: Path, force: bool, need_bytes: int) -> None:
                           f"{need_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
-def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf16",
-              hf_source: str | None = None, force: bool = False,
-              max_shard_gb: float = 5.0) -> Path:
-    """Fused, dequantized Hugging Face checkpoint of base + adapter."""
+def open_adapter(base: str, adapter: str | Path):
+    """(the base's folder, the adapter's folder, base + adapter loaded) for an export that
+    fuses: the adapter resolved (a RUN_DIR gives its best or last) and checked against
+    the base before any weights load."""
     adapter = resolve_adapter(adapter)
     base_path = models.resolve_path(base)
     _check_adapter_matches(base_path, adapter)
     _say(f"export: loading {base} with the adapter {adapter}")
     loaded = load_with_adapter(base, adapter)
     _say("export: fusing the adapter into the weights")
+    return base_path, adapter, loaded
+
+
+def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf16",
+              hf_source: str | None = None, force: bool = False,
+              max_shard_gb: float = 5.0) -> Path:
+    """Fused, dequantized Hugging Face checkpoint of base + adapter."""
+    base_path, adapter, loaded = open_adapter(base, adapter)
     quantized = any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
                     for _, m in loaded.model.named_modules())
     if quantized:
@@ -239,12 +247,7 @@ def export_mlx(base: str, adapter: str | Path, out: str | Path, force: bool = Fa
     """LoRA fused into the base: a folder mlx_vlm.load uses directly. A quantized base stays
     quantized (the fused weights are re-quantized, which is lossy) unless
     `dequantize_base`, which writes float weights and drops the quantization config."""
-    adapter = resolve_adapter(adapter)
-    base_path = models.resolve_path(base)
-    _check_adapter_matches(base_path, adapter)
-    _say(f"export: loading {base} with the adapter {adapter}")
-    loaded = load_with_adapter(base, adapter)
-    _say("export: fusing the adapter into the weights")
+    base_path, adapter, loaded = open_adapter(base, adapter)
     fuse(loaded.model, dequantize=dequantize_base)
     config = json.loads((base_path / "config.json").read_text())
     if dequantize_base:

@@ -18,9 +18,9 @@ from pathlib import Path
 from mlx_opd import models
 from mlx_opd.data import Sample
 from mlx_opd.method import rollout
-from mlx_opd.method.answers import card_fields, parse_answer
+from mlx_opd.method.answers import accuracy_by_view, card_fields, grade
 from mlx_opd.method.views import plain_view, student_view, teacher_view
-from mlx_opd.run.config import PixelConfig, ViewConfig
+from mlx_opd.run.config import EvalConfig, PixelConfig, ViewConfig
 
 # One name per view everywhere (flags, JSON, JSONL, charts): plain, student, teacher
 # (the teacher's view is the crop).
@@ -31,7 +31,7 @@ VIEW_COLOURS = {"plain": "#888888", "student": "#d9534f", "teacher": "#428bca"}
 
 def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "student", "teacher"),
              view_cfg: ViewConfig = ViewConfig(), pixels: PixelConfig = PixelConfig(),
-             max_tokens: int = 8, progress=None) -> tuple[dict, list[dict]]:
+             max_tokens: int = EvalConfig.max_tokens, progress=None) -> tuple[dict, list[dict]]:
     """(summary, per-sample rows). Samples without an answer are skipped and counted."""
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
@@ -48,8 +48,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
             enc = models.encode(loaded, view.images, view.text, pixels.for_view(v))
             out = rollout.sample(loaded, enc, max_tokens=max_tokens, temperature=0.0)
             text = models.decode(loaded, out.token_ids)
-            pred = parse_answer(text, s.options)
-            ok = pred is not None and pred == s.answer.strip().upper()
+            pred, ok = grade(text, s)
             correct[v] += ok
             unparsed[v] += pred is None
             rows.append({"id": s.id, "view": v, "answer": text, "parsed": pred,
@@ -63,10 +62,7 @@ def evaluate(loaded: models.Loaded, samples: list[Sample], views=("plain", "stud
         print(f"eval: {no_answer} sample(s) without an answer were skipped", file=sys.stderr)
     summary = {"n": counted, "skipped_no_answer": no_answer,
                "unparsed": sum(unparsed.values()), "unparsed_by_view": unparsed}
-    for v in views:
-        summary[SUMMARY_KEY[v]] = correct[v] / counted
-    if "plain" in views and "teacher" in views:
-        summary["gap"] = summary["teacher_acc"] - summary["plain_acc"]
+    summary.update(accuracy_by_view(correct, {v: counted for v in views}))
     return summary, rows
 
 

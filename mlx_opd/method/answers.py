@@ -37,3 +37,18 @@ def card_fields(s: Sample) -> dict:
     return {"image": str(s.image) if isinstance(s.image, _P) else None,
             "box": list(s.box) if s.box is not None else None,
             "question": s.question, "options": list(s.options or [])}
+
+
+def grade(text: str, sample: Sample) -> tuple[str | None, bool]:
+    """(the letter `text` names or None, whether it is the sample's answer)."""
+    got = parse_answer(text, sample.options)
+    return got, bool(sample.answer) and got is not None and got == sample.answer.strip().upper()
+
+
+def accuracy_by_view(right: dict[str, int], counted: dict[str, int]) -> dict:
+    """`{view}_acc` for each view with counted answers, and `gap` (teacher - plain, the
+    regional-to-global gap) when both are there: eval's summary and validation's record."""
+    out = {f"{v}_acc": right[v] / counted[v] for v in right if counted.get(v)}
+    if "plain_acc" in out and "teacher_acc" in out:
+        out["gap"] = out["teacher_acc"] - out["plain_acc"]
+    return out

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlx_opd.data import Sample, read_samples
-from mlx_opd.method.answers import card_fields, parse_answer
+from mlx_opd.method.answers import accuracy_by_view, card_fields, grade
 from mlx_opd.run.config import DataConfig, TrainConfig, ValidationConfig
 
 VAL_SEED_OFFSET = 1_000_003  # the carve's own stream, apart from the data order's
@@ -104,30 +104,25 @@ class Validator:
 
         loaded.model.eval()
         record, parsed_flags = {"val/n": len(self.samples)}, []
-        answers = {}
+        answers, right, counted = {}, {}, {}
         self.rows = []  # per sample and view, as `eval` writes them (the run's page reads them)
         for name in ("plain", "student", "teacher"):
             if not self.encs[name]:
                 continue
             answers[name] = self._answers(loaded, name)
-            right, counted = 0, 0
+            right[name], counted[name] = 0, 0
             for i, ids in answers[name].items():
                 s = self.samples[i]
                 text = models.decode(loaded, ids)
-                got = parse_answer(text, s.options)
+                got, ok = grade(text, s)
                 if name != "teacher":
                     parsed_flags.append(got is not None)
-                ok = bool(s.answer) and got is not None and got == s.answer.strip().upper()
-                if s.answer:
-                    counted += 1
-                    right += ok
+                counted[name] += bool(s.answer)
+                right[name] += ok
                 self.rows.append({"id": s.id or str(i), "view": name, "answer": text,
                                   "parsed": got, "expected": s.answer, "correct": ok,
                                   **card_fields(s)})
-            if counted:
-                record[f"val/{name}_acc"] = right / counted
-        if "val/plain_acc" in record and "val/teacher_acc" in record:
-            record["val/gap"] = record["val/teacher_acc"] - record["val/plain_acc"]
+        record.update({f"val/{k}": x for k, x in accuracy_by_view(right, counted).items()})
         record["val/format"] = sum(parsed_flags) / max(len(parsed_flags), 1)
         lens = [len(x) for x in answers["student"].values()]
         record["val/mean_answer_len"] = sum(lens) / max(len(lens), 1)

@@ -170,6 +170,14 @@ COLOURS = {"green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 4
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """`mlx-opd eval --data`: greedy answers under each view (the paper's benchmarks set
+    their own cap: evaluation/benchmarks/item.Benchmark.max_tokens)."""
+
+    max_tokens: int = 8           # a letter, perhaps a full stop, then the stop token
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     image_size: tuple[int, int] = (320, 240)
     evidence_size: int = 12        # side of the evidence shape, pixels
