@@ -125,8 +125,10 @@ def test_shared_prompt_runs_vision_once_within_fp32_tolerance(family, loaded, mo
     copy = models.encode(L, random_image(8, 120, 160), "What colour?")
     resp = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     calls = []
-    real = models.image_features
-    monkeypatch.setattr(models, "image_features", lambda *a: calls.append(1) or real(*a))
+    from mlx_opd.models import vlm  # where make_batch looks image_features up
+
+    real = vlm.image_features
+    monkeypatch.setattr(vlm, "image_features", lambda *a: calls.append(1) or real(*a))
     shared = models.response_logprobs(L.model, models.make_batch([enc] * 3, resp))
     separate = models.response_logprobs(L.model, models.make_batch([enc, copy, enc], resp))
     np.testing.assert_allclose(np.array(shared), np.array(separate), **FP32)

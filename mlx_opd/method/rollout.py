@@ -199,6 +199,34 @@ class _Sampler:
         return tokens, mx.take_along_axis(logp, tokens[:, None], -1)[:, 0]
 
 
+@dataclass
+class _Waiting:
+    """The prompts not yet in the batch, prefilled as they enter (all at the start, or n
+    rows at a time as rows leave)."""
+
+    loaded: models.Loaded
+    encs: Sequence
+    n: int
+    max_tokens: int
+    keys: list
+    features: list
+    batched: bool            # batched caches, so that rows can enter later
+    beat: object = None      # called as each waiting prompt enters
+    next: int = 0
+    seconds: float = 0.0     # spent prefilling
+
+    @property
+    def empty(self) -> bool:
+        return self.next >= len(self.encs)
+
+    def take(self, count: int) -> _Rows:
+        t, a = time.perf_counter(), self.next
+        rows = _prefill_rows(self.loaded, self.encs[a:a + count], a, self.n, self.max_tokens,
+                             self.keys[a:a + count], self.features[a:a + count], self.batched)
+        self.next, self.seconds = a + count, self.seconds + time.perf_counter() - t
+        return rows
+
+
 def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int,
                    max_tokens: int, temperature: float = 1.0,
                    keys: Sequence[mx.array] | None = None,
@@ -227,55 +255,62 @@ def sample_prompts(loaded: models.Loaded, encs: Sequence[models.Encoded], n: int
             loaded, encs[a:a + fit], n, max_tokens, temperature, keys[a:a + fit],
             block_pad_tokens, features[a:a + fit], processor, False, beat=beat)]
     eos = set(models.eos_token_ids(loaded))
-
-    def rows_of(first: int, count: int) -> _Rows:
-        return _prefill_rows(loaded, encs[first:first + count], first, n, max_tokens,
-                             keys[first:first + count], features[first:first + count],
-                             batched=fit < P)
-
-    d, queued = rows_of(0, fit), fit
-    t_prefill = time.perf_counter() - t0
+    waiting = _Waiting(loaded, encs, n, max_tokens, keys, features, fit < P, beat)
+    d = waiting.take(fit)
     V = d.logits.shape[-1]
     sampler = _Sampler(temperature, models.sampling_bias(loaded, V) if block_pad_tokens
                        else None, processor, mx.array(sorted(eos), dtype=mx.int32), max_tokens)
     ids, lps = [[] for _ in range(P * n)], [[] for _ in range(P * n)]
+    _decode(loaded, d, sampler, waiting, leave, max(capacity, n), ids, lps)
+    models.reset_rope_state(loaded.model)
+    seconds = (time.perf_counter() - t0) / P
+    return [_prompt_rollouts([r[:max_tokens] for r in ids[p * n:(p + 1) * n]],
+                             lps[p * n:(p + 1) * n], eos, seconds, waiting.seconds / P,
+                             sum(len(r) for r in ids[p * n:(p + 1) * n]))
+            for p in range(P)]
+
+
+def _decode(loaded, d: _Rows, sampler: _Sampler, waiting: _Waiting, leave: bool, room: int,
+            ids: list, lps: list) -> None:
+    """Decode until every row has stopped and no prompt waits; each row's tokens and
+    log-probs land in ids[row], lps[row]."""
     window = []
     while True:
         tokens, lp = sampler.step(d)
         window.append((tokens, lp))
         # the host looks at the tokens only every CHECK_EVERY steps (or when a row reaches
         # max_tokens); meanwhile the next step is queued behind this one (async)
-        if len(window) == CHECK_EVERY or max(d.at) >= max_tokens:
-            done = [s or a >= max_tokens for s, a in zip(_collect(d, window, ids, lps), d.at)]
+        if len(window) == CHECK_EVERY or max(d.at) >= sampler.max_tokens:
+            done = [s or a >= sampler.max_tokens
+                    for s, a in zip(_collect(d, window, ids, lps), d.at)]
             window = []
-            if all(done) and queued == P:
+            if all(done) and waiting.empty:
                 break
-            keep = [i for i, x in enumerate(done) if not x]
-            if leave and not keep:
-                d.at = []  # every row left: the waiting prompts start a fresh batch
-            elif leave and len(keep) < len(done):
-                tokens = tokens[mx.array(keep, dtype=mx.int32)]
-                d.keep(keep)
+            if leave:
+                tokens = _leave(d, tokens, done)
         if d.at:
             out = loaded.model.language_model(tokens[:, None], cache=d.cache,
                                               rope_deltas=d.rope)
             d.logits = getattr(out, "logits", out)[:, -1, :].astype(mx.float32)
-        while queued < P and len(d.at) + n <= max(capacity, n):  # waiting prompts enter
-            t1 = time.perf_counter()
-            new = rows_of(queued, 1)
+        while not waiting.empty and len(d.at) + waiting.n <= room:  # waiting prompts enter
+            new = waiting.take(1)
             if d.at:
                 d.extend(new)
             else:
                 d = new
-            queued, t_prefill = queued + 1, t_prefill + time.perf_counter() - t1
-            beat()
+            waiting.beat()
         mx.async_eval(d.logits, d.stopped, *[x for pair in window[-1:] for x in pair])
-    models.reset_rope_state(loaded.model)
-    seconds = (time.perf_counter() - t0) / P
-    return [_prompt_rollouts([r[:max_tokens] for r in ids[p * n:(p + 1) * n]],
-                             lps[p * n:(p + 1) * n], eos, seconds, t_prefill / P,
-                             sum(len(r) for r in ids[p * n:(p + 1) * n]))
-            for p in range(P)]
+
+
+def _leave(d: _Rows, tokens: mx.array, done: list[bool]) -> mx.array:
+    """Rows that are done leave the batch; the tokens the rest feed next."""
+    keep = [i for i, x in enumerate(done) if not x]
+    if not keep:
+        d.at = []  # every row left: the waiting prompts start a fresh batch
+    elif len(keep) < len(done):
+        tokens = tokens[mx.array(keep, dtype=mx.int32)]
+        d.keep(keep)
+    return tokens
 
 
 def _collect(d: _Rows, window, ids, lps) -> list[bool]:

@@ -27,191 +27,30 @@ The constants (how many arrays of each shape are alive at once) were calibrated 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+
+from mlx_opd.preflight.shapes import (  # noqa: F401  (moved to shapes.py)
+    Shapes,
+    _param_counts,
+    data_sizes,
+    image_tokens,
+    param_counts,
+    pixel_bounds,
+    shapes_of,
+    smart_resize,
+    teacher_sizes,
+)
+from mlx_opd.preflight.timing import (  # noqa: F401  (moved to timing.py)
+    CHIPS,
+    MFU,
+    answer_lengths,
+    generation_time,
+    step_time,
+)
 
 GIB = 1 << 30
 TEXT_TOKENS = 110   # chat template + question + hint + options + instruction, measured
 HEAD_SHARE = 0.35   # of the LM head's bytes alive in the shared-prefix student pass (fitted)
-# Apple chips: unified-memory bandwidth (GB/s) and fp16 GPU throughput (TFLOP/s), the
-# vendor's memory bandwidth and a commonly quoted GPU figure; time estimates assume 40% of
-# peak FLOPs on the big matmuls and one weight read per decode step.
-CHIPS = {
-    "m1": (68, 2.6), "m1-pro": (200, 5.2), "m1-max": (400, 10.4), "m1-ultra": (800, 21.0),
-    "m2": (100, 3.6), "m2-pro": (200, 6.8), "m2-max": (400, 13.6), "m2-ultra": (800, 27.2),
-    "m3": (100, 4.1), "m3-pro": (150, 7.4), "m3-max": (400, 16.4),
-    "m4": (120, 4.3), "m4-pro": (273, 9.2), "m4-max": (546, 18.4),
-}
-MFU = 0.4
-
-
-@dataclass(frozen=True)
-class Shapes:
-    family: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    vision_depth: int
-    vision_hidden: int
-    vision_intermediate: int
-    vision_heads: int
-    patch: int
-    merge: int
-    linear_layers: int          # gated-delta layers (Qwen3.5)
-    linear_state: int           # elements of one row's recurrent state per linear layer
-
-
-def shapes_of(config: dict) -> Shapes:
-    """The widths `plan` needs, from a config.json."""
-    text = config.get("text_config", config)
-    vis = config["vision_config"]
-    family = config["model_type"]
-    layers = text["num_hidden_layers"]
-    heads = text["num_attention_heads"]
-    hidden = text["hidden_size"]
-    depth = vis["depth"]
-    if family == "qwen2_vl":
-        v_hidden = vis.get("embed_dim", 1280)
-        v_inter = int(v_hidden * vis.get("mlp_ratio", 4))
-    else:
-        v_hidden, v_inter = vis["hidden_size"], vis["intermediate_size"]
-    linear, state = 0, 0
-    if family == "qwen3_5":
-        k = text.get("full_attention_interval", 4)
-        linear = sum(1 for i in range(layers) if (i + 1) % k != 0)
-        state = text["linear_num_value_heads"] * text["linear_key_head_dim"] * \
-            text["linear_value_head_dim"]
-    return Shapes(family, hidden, layers, heads, text.get("num_key_value_heads", heads),
-                  text.get("head_dim") or hidden // heads, text["intermediate_size"],
-                  text["vocab_size"], bool(config.get("tie_word_embeddings",
-                                                      text.get("tie_word_embeddings", False))),
-                  depth, v_hidden, v_inter, vis["num_heads"], vis["patch_size"],
-                  vis.get("spatial_merge_size", 2), linear, state)
-
-
-def param_counts(config: dict) -> dict:
-    """Exact parameter counts by part, from mlx-vlm's own model class (shapes only:
-    nothing is allocated). Cached: `advice` predicts the same model a dozen times."""
-    return dict(_param_counts(json.dumps(config, sort_keys=True)))
-
-
-@lru_cache(maxsize=8)
-def _param_counts(config_json: str) -> tuple:
-    from mlx.utils import tree_flatten
-
-    from mlx_opd.models.parts import model_from_config
-
-    counts = {"embed": 0, "head": 0, "text_layers": 0, "vision": 0, "other": 0, "lora_fans": 0}
-    model = model_from_config(json.loads(config_json))
-    import mlx.nn as nn
-
-    # LoRA goes on every linear layer of the decoder (lora.py): rank x (in + out) each
-    for layer in model.language_model.model.layers:
-        for _, m in layer.named_modules():
-            if isinstance(m, nn.Linear):
-                out_f, in_f = m.weight.shape
-                counts["lora_fans"] += in_f + out_f
-    for name, v in tree_flatten(model.parameters()):
-        n = math.prod(v.shape)
-        if "embed_tokens" in name:
-            counts["embed"] += n
-        elif "lm_head" in name:
-            counts["head"] += n
-        elif ".layers." in name:
-            counts["text_layers"] += n
-        elif "vision" in name or "visual" in name:
-            counts["vision"] += n
-        else:
-            counts["other"] += n
-    return tuple(counts.items())
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int,
-                 max_pixels: int) -> tuple[int, int]:
-    """The Qwen processors' resize: sides rounded to `factor`, pixel count within bounds,
-    aspect ratio kept."""
-    h, w = round(height / factor) * factor, round(width / factor) * factor
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
-
-
-def pixel_bounds(processor: dict, pixels) -> tuple[int, int]:
-    size = processor.get("size") or {}
-    lo = processor.get("min_pixels") or size.get("shortest_edge") or 56 * 56
-    hi = processor.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280
-    if pixels.min_pixels:
-        lo = pixels.min_pixels
-    if pixels.max_pixels:
-        hi = pixels.max_pixels
-    return lo, hi
-
-
-def image_tokens(size: tuple[int, int], s: Shapes, bounds: tuple[int, int],
-                 resized: tuple[int, int] | None = None) -> int:
-    """Tokens the processor gives one (width, height) image."""
-    factor = s.patch * s.merge
-    if resized:
-        h, w = (max(factor, round(x / factor) * factor) for x in resized)
-    else:
-        h, w = smart_resize(size[1], size[0], factor, *bounds)
-    return (h // factor) * (w // factor)
-
-
-def data_sizes(cfg, limit: int = 64) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The largest full image and the largest teacher view (its images' sizes after zoom:
-    one crop, or one per box for views.teacher crops, or the full image for clean) among
-    the first `limit` samples (read and validated as training reads them; sizes from the
-    headers)."""
-    import dataclasses
-
-    from mlx_opd.data import read_samples, union_box
-    from mlx_opd.data.images import header_size
-
-    v = cfg.views
-    samples, _ = read_samples(dataclasses.replace(cfg.data, limit=limit), v.needs_boxes())
-    z = v.zoom * (1 + 2 * v.crop_margin)
-
-    def zoomed(b):
-        return (max(v.min_crop_side, round((b[2] - b[0]) * z)),
-                max(v.min_crop_side, round((b[3] - b[1]) * z)))
-
-    full, teacher = (0, 0), ((0, 0),)
-    for s in samples:
-        w, h = header_size(s.image)
-        if w * h > full[0] * full[1]:
-            full = (w, h)
-        boxes = s.all_boxes
-        if v.teacher == "clean" or not boxes and s.teacher_image is None:
-            sizes = ((w, h),)
-        elif v.teacher == "crops" and len(boxes) > 1:
-            sizes = tuple(zoomed(b) for b in boxes)
-        elif s.teacher_image is not None:
-            sizes = (header_size(s.teacher_image),)
-        else:
-            sizes = (zoomed(union_box(boxes)),)
-        if sum(a * b for a, b in sizes) > sum(a * b for a, b in teacher):
-            teacher = sizes
-    return full, (teacher[0] if len(teacher) == 1 else teacher)
-
-
-def teacher_sizes(crop_size) -> list:
-    """The teacher view's image sizes: `crop_size` is one (w, h) or a sequence of them."""
-    return [tuple(crop_size)] if isinstance(crop_size[0], (int, float)) else \
-        [tuple(c) for c in crop_size]
 
 
 # Arrays of the [heads, L, L] score shape alive at once in an attention (CPU fallback:
@@ -445,89 +284,6 @@ def _merge(acc, changed, base):
         if getattr(changed, section) != getattr(base, section):
             acc = dataclasses.replace(acc, **{section: getattr(changed, section)})
     return acc
-
-
-def answer_lengths(run_dir: str | Path) -> dict | None:
-    """A finished run's answer lengths from its metrics.jsonl: the mean over its steps of
-    the mean and of the longest response (tokens, EOS included); None when it has none."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    means, longest = [], []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
-        if "rollout/mean_response_len" in rec:
-            means.append(rec["rollout/mean_response_len"])
-            longest.append(rec.get("rollout/max_response_len", rec["rollout/mean_response_len"]))
-    if not means:
-        return None
-    return {"mean": sum(means) / len(means), "longest": sum(longest) / len(longest),
-            "steps": len(means), "run": str(run_dir)}
-
-
-def step_time(config, pred, cfg, chip: str, answers: dict | None = None) -> dict:
-    """Seconds per step on `chip` (CHIPS), by phase, as the engine runs it:
-    - prefill: each prompt alone (rollout.py), its FLOPs at MFU of the GPU's throughput;
-    - decode: the rows of rollout.prompt_batch prompts (all: 0) decode together, so each
-      decode step reads the weights once for the whole batch, for as many steps as the
-      batch's longest answer (finished rows leave the batch, so they cost FLOPs only for
-      the tokens they answered);
-    - scoring: the teacher and the student pass (forward + backward) over the answers.
-    Answer lengths are max_tokens unless `answers` (answer_lengths of a finished run)
-    gives the mean and the longest answer per step."""
-    if chip not in CHIPS:
-        raise ValueError(f"--chip must be one of {', '.join(CHIPS)}; got {chip!r}")
-    bw, tflops = CHIPS[chip]
-    counts = pred["params"]
-    tok = pred["tokens"]
-    n, R = tok["rows"], tok["response_max"]
-    mean = min(R, answers["mean"]) if answers else R
-    longest = min(R, answers["longest"]) if answers else R
-    lm = counts["text_layers"]
-    head = counts["head"] or counts["embed"]
-    vis = counts["vision"]
-    rate = MFU * tflops * 1e12
-    prompts = cfg.optim.prompts_per_step
-    together = min(prompts, cfg.rollout.prompt_batch or prompts)
-    prefill = prompts * (2 * lm * tok["prompt_student"] + 2 * vis * tok["image_full"] * 4
-                         + 2 * head) / rate
-    decode = (math.ceil(prompts / together) * longest * pred["phases"]["weights"] / (bw * 1e9)
-              + prompts * n * mean * 2 * (lm + head) / rate)
-    # scoring: each prompt once and n responses (shared prefix), or n x (prompt + answer)
-    rows = 1 if cfg.score.shared_prefix else n
-    flops = 2 * lm * (rows * tok["prompt_teacher"] + n * mean)                    # teacher
-    flops += 4 * 2 * lm * (rows * tok["prompt_student"] + n * mean)               # student
-    flops += 3 * 2 * head * n * mean                                              # 3 heads
-    scoring = prompts * flops / rate
-    return {"chip": chip, "bandwidth_GBps": bw, "fp16_TFLOPs": tflops, "mfu": MFU,
-            "answer_tokens_mean": mean, "answer_tokens_longest": longest,
-            "answers_from": answers["run"] if answers else "rollout.max_tokens",
-            "prefill_seconds": prefill, "decode_seconds": decode, "scoring_seconds": scoring,
-            "seconds_per_step": prefill + decode + scoring}
-
-
-def generation_time(config: dict, chip: str, prompts: int, prompt_tokens: int,
-                    image_tokens: int, new_tokens: int, rows: int = 1, batch: int = 8,
-                    bits: int | None = None) -> float:
-    """Seconds on `chip` to answer `prompts` prompts of `prompt_tokens` tokens (of which
-    `image_tokens` are image tokens) with `rows` samples of `new_tokens` tokens each,
-    `batch` prompts decoded together (build-data's stages): prefill FLOPs (text layers over
-    the prompt, the vision tower over 4 patches per image token) and decode FLOPs at MFU,
-    plus one read of the decoder's weights per decode step of each batch, at the chip's
-    bandwidth (bf16, or `bits`-bit weights with a scale per 64)."""
-    if chip not in CHIPS:
-        raise ValueError(f"--chip must be one of {', '.join(CHIPS)}; got {chip!r}")
-    bw, tflops = CHIPS[chip]
-    c = param_counts(config)
-    lm, vis, head = c["text_layers"], c["vision"], c["head"] or c["embed"]
-    flops = prompts * (2 * lm * prompt_tokens + 2 * vis * image_tokens * 4 + 2 * head)
-    flops += prompts * rows * new_tokens * 2 * (lm + head)
-    bytes_per = 2.0 if bits is None else bits / 8 + 4 / 64  # bf16 scale + bias per group
-    reads = math.ceil(prompts / batch) * new_tokens * (lm + head) * bytes_per
-    return flops / (MFU * tflops * 1e12) + reads / (bw * 1e9)
 
 
 def extrapolate(runs: list[dict], cfg=None, full_size=(1280, 960), crop_size=(120, 100)) -> dict:

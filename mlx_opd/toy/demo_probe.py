@@ -42,7 +42,7 @@ def features(loaded, samples, r, keys=("vision", "answer")) -> dict:
 
     from mlx_opd import models
     from mlx_opd.method.views import LETTERS, plain_view, student_view
-    from mlx_opd.toy.demo import pixels, views
+    from mlx_opd.toy.demo_base import pixels, views
 
     out = {k: [] for k in (*keys, "label")}
     for s in samples:
