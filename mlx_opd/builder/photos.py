@@ -114,29 +114,12 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
                  "raw": ""} for r, im, why in opened if im is None]
         chunk = [r for r, im, _ in opened if im is not None]
         ims = [im for _, im, _ in opened if im is not None]
-        proposed, problems, raws = [], [], []
         if coco is not None:
-            for r, im in zip(chunk, ims):
-                found, why = [], []
-                for reg in index.get(r["id"], []):
-                    box, bad = check_box(reg.box, im.size)
-                    if bad:
-                        why.append(f"{bad} ({reg.label!r}, --boxes)")
-                    else:
-                        found.append(Region(reg.label, box, reg.source, reg.score))
-                proposed.append(found)
-                problems.append(why or ([] if found else ["no boxes: not in --boxes"]))
-                raws.append("")
+            proposed, problems, raws = _coco_regions(chunk, ims, index)
         elif ims:
-            family = loaded.family
-            prompts = [([im], listing_prompt(family, cfg.regions.max_per_image)) for im in ims]
-            texts, sizes = ask.texts(loaded, prompts, cfg.list_tokens, pixels,
-                                     keep_special=family in TOKEN_FAMILIES)
-            for im, text, size in zip(ims, texts, sizes):
-                dets, why = parse_grounding(text, family, im.size, size)
-                proposed.append([Region(d.label, d.box, "model") for d in dets])
-                problems.append(why)
-                raws.append(text)
+            proposed, problems, raws = _model_regions(loaded, ims, cfg, pixels)
+        else:
+            proposed, problems, raws = [], [], []
         recs = lost
         for r, im, regs, probs, raw in zip(chunk, ims, proposed, problems, raws):
             dropped = []
@@ -153,3 +136,37 @@ def stage_regions(cfg: BuildConfig, out: Path, images: Store, loaded, log,
         store.add(recs)
         p.tick(len(ok) - len(todo) + sum(1 for x in todo if x["id"] in store))
     return store
+
+
+def _coco_regions(chunk: list, ims: list, index: dict) -> tuple[list, list, list]:
+    """Each photo's boxes from --boxes, checked against the photo: (regions, problems,
+    raw texts)."""
+    proposed, problems, raws = [], [], []
+    for r, im in zip(chunk, ims):
+        found, why = [], []
+        for reg in index.get(r["id"], []):
+            box, bad = check_box(reg.box, im.size)
+            if bad:
+                why.append(f"{bad} ({reg.label!r}, --boxes)")
+            else:
+                found.append(Region(reg.label, box, reg.source, reg.score))
+        proposed.append(found)
+        problems.append(why or ([] if found else ["no boxes: not in --boxes"]))
+        raws.append("")
+    return proposed, problems, raws
+
+
+def _model_regions(loaded, ims: list, cfg: BuildConfig, pixels) -> tuple[list, list, list]:
+    """Each photo's boxes as the model lists them (its grounding format read per family):
+    (regions, problems, the model's texts)."""
+    family = loaded.family
+    prompts = [([im], listing_prompt(family, cfg.regions.max_per_image)) for im in ims]
+    texts, sizes = ask.texts(loaded, prompts, cfg.list_tokens, pixels,
+                             keep_special=family in TOKEN_FAMILIES)
+    proposed, problems, raws = [], [], []
+    for im, text, size in zip(ims, texts, sizes):
+        dets, why = parse_grounding(text, family, im.size, size)
+        proposed.append([Region(d.label, d.box, "model") for d in dets])
+        problems.append(why)
+        raws.append(text)
+    return proposed, problems, raws

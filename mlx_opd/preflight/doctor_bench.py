@@ -153,7 +153,6 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
 
     from mlx_opd import models
     from mlx_opd.data import read_samples
-    from mlx_opd.method.trainer import train
     from mlx_opd.models.replicas import REAL_MODELS, build_replica, text_section
     from mlx_opd.preflight.doctor import report as machine
     from mlx_opd.preflight.plan import plan
@@ -180,17 +179,7 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
     mx.clear_cache()
     log(f"[4/4] {bc.steps} training steps (the last is reported; the trainer's own output "
         f"goes to {out / 'train.log'})")
-    import contextlib
-
-    from mlx_opd.run.files import remove_own
-
-    remove_own(out / "run", kinds=("run",))
-    with open(out / "train.log", "w") as f, contextlib.redirect_stdout(f):
-        train(cfg)
-    steps = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    for folder, kind in (("replica", "replica"), ("run", "run")):  # ~1 GB: nothing to keep
-        remove_own(out / folder, kinds=(kind,))
-    last = [s for s in steps if "time/step_seconds" in s][-1]
+    last = _last_step(cfg, out)
     chip = predicted.get("time", {}).get("chip")
     figures = {
         "peak_memory_bytes": judge(last["memory/peak_bytes"], predicted["peak_bytes"]),
@@ -200,7 +189,31 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
                                      predicted_decode_tokens_per_s(
                                          predicted["phases"]["weights"], bc.rows, chip)),
     }
-    info = machine(measure=True)
+    return _write_report(bc, out, machine(measure=True), chip, kernel, decode, figures)
+
+
+def _last_step(cfg, out: Path) -> dict:
+    """Train the replica (its output to OUT/train.log); the last step's metrics. The
+    replica and the run (about 1 GB) are removed afterwards."""
+    import contextlib
+
+    from mlx_opd.method.trainer import train
+    from mlx_opd.run.files import remove_own
+
+    remove_own(out / "run", kinds=("run",))
+    with open(out / "train.log", "w") as f, contextlib.redirect_stdout(f):
+        train(cfg)
+    steps = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    for folder, kind in (("replica", "replica"), ("run", "run")):  # ~1 GB: nothing to keep
+        remove_own(out / folder, kinds=(kind,))
+    return [s for s in steps if "time/step_seconds" in s][-1]
+
+
+def _write_report(bc: BenchConfig, out: Path, info: dict, chip, kernel, decode,
+                  figures) -> dict:
+    """OUT/report.json and OUT/report.md, sealed; returns the report."""
+    from mlx_opd.run.files import seal
+
     report = {"kind": "mlx-opd doctor --bench", "config": asdict(bc),
               "machine": {k: info[k] for k in ("platform", "versions", "backend", "blas",
                                                "memory", "device_info")}
@@ -209,8 +222,6 @@ def run(bc: BenchConfig, out: Path, log=print) -> dict:
               "kernel": kernel, "rollout": decode, "figures": figures,
               "flag_factor": FLAG_FACTOR,
               "flagged": sorted(k for k, f in figures.items() if f["flagged"])}
-    from mlx_opd.run.files import seal
-
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown(report))
     seal(out, "doctor-bench", only=REPORT_FILES)

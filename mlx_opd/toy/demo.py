@@ -232,43 +232,19 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     the training run's seed (rollout samples, data order) instead of the recipe's; the
     base, data and splits stay the recipe's, so runs differ only in their sampling."""
     from mlx_opd import models
-    from mlx_opd.data import read_samples
-    from mlx_opd.method.trainer import train
-    from mlx_opd.run.config import DataConfig
     from mlx_opd.run.run_dir import best_adapter_dir
-    from mlx_opd.toy.synth import write_dataset, write_split
 
     t0 = time.time()
     r = QUICK if quick else DemoRecipe()
     out = claim_output(Path(out), log)
-    cache = Path(cache) if cache else out / "cache"
-    log("[1/5] synthetic fine-detail data (train, validation and held-out splits, disjoint "
-        "seeds)")
-    paths = write_dataset(out / "data", r.train_scenes, r.seed, r.synth, r.heldout_scenes)
-    anchors = add_crop_anchors(paths["train"], r)
-    val_path = write_split(out / "data", "validation", r.val_scenes, r.seed + VAL_SEED_OFFSET,
-                           r.synth)
-    held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
-    if anchors:
-        log(f"      {anchors} crop-anchor rows added to the training data (departure 6)")
+    paths, val_path, held = _demo_data(out, r, log)
     log("[2/5] tiny base model with a regional-to-global gap")
-    base = build_base(r, cache, log=log)
+    base = build_base(r, Path(cache) if cache else out / "cache", log=log)
     log(f"[3/5] evaluating the base on the held-out split ({r.heldout_scenes} scenes)")
     before = _accuracies(models.load(base), held, r)
     log(f"      before: plain {before['plain_acc']:.2f}, student {before['student_acc']:.2f}, "
         f"teacher (crop) {before['teacher_acc']:.2f}")
-    log(f"[4/5] Vision-OPD training, up to {r.opd_steps} steps (answers are never read); "
-        f"validation every {r.eval_every} steps on {r.val_scenes} other scenes keeps the best "
-        f"adapter among the steps whose crop view held (within {r.max_crop_drop})")
-    run_dir = out / "run"
-    remove_own(run_dir, log, kinds=("run",))  # the earlier demo's run (moved aside if
-    # anything else is in it)
-    cfg = train_config(r, base, paths["train"], run_dir, val_path)
-    if seed is not None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, run=replace(cfg.run, seed=seed))
-    train(cfg)
+    run_dir = _demo_train(r, base, paths["train"], out / "run", val_path, seed, log)
     guards = _guard_state(run_dir)
     history = guards.get("history", [])
     best_step = (guards.get("best") or {}).get("step", 0)
@@ -299,23 +275,71 @@ def run_demo(out: str | Path, quick: bool = False, cache: str | Path | None = No
     summary["missed_targets"] = None if quick else missed_targets(summary)
     summary["views"] = ("the demo's student view is the plain full image (no box, no hint), "
                         "so student_acc equals plain_acc; the teacher view is the crop")
+    _demo_write(out, summary, history, log)
+    _demo_report(summary, base, run_dir, paths["heldout"], out, log)
+    return summary
+
+
+def _demo_data(out: Path, r: DemoRecipe, log):
+    """[1/5] the train (with crop anchors), validation and held-out splits."""
+    from mlx_opd.data import read_samples
+    from mlx_opd.run.config import DataConfig
+    from mlx_opd.toy.synth import write_dataset, write_split
+
+    log("[1/5] synthetic fine-detail data (train, validation and held-out splits, disjoint "
+        "seeds)")
+    paths = write_dataset(out / "data", r.train_scenes, r.seed, r.synth, r.heldout_scenes)
+    anchors = add_crop_anchors(paths["train"], r)
+    val_path = write_split(out / "data", "validation", r.val_scenes, r.seed + VAL_SEED_OFFSET,
+                           r.synth)
+    held, _ = read_samples(DataConfig(path=str(paths["heldout"])))
+    if anchors:
+        log(f"      {anchors} crop-anchor rows added to the training data (departure 6)")
+    return paths, val_path, held
+
+
+def _demo_train(r: DemoRecipe, base: Path, train_path: Path, run_dir: Path, val_path: Path,
+                seed: int | None, log) -> Path:
+    """[4/5] Vision-OPD on the train split, validated on its own split."""
+    from mlx_opd.method.trainer import train
+
+    log(f"[4/5] Vision-OPD training, up to {r.opd_steps} steps (answers are never read); "
+        f"validation every {r.eval_every} steps on {r.val_scenes} other scenes keeps the best "
+        f"adapter among the steps whose crop view held (within {r.max_crop_drop})")
+    remove_own(run_dir, log, kinds=("run",))  # the earlier demo's run (moved aside if
+    # anything else is in it)
+    cfg = train_config(r, base, train_path, run_dir, val_path)
+    if seed is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, run=replace(cfg.run, seed=seed))
+    train(cfg)
+    return run_dir
+
+
+def _demo_write(out: Path, summary: dict, history: list, log) -> None:
     keep_edited(out, SUMMARY_FILES, log)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=list))
-    summary_plot(history, [{"step": 0, **before}, {"step": best_step, **after}],
+    summary_plot(history, [{"step": 0, **summary["before"]},
+                           {"step": summary["best_step"], **summary["after"]}],
                  out / "summary.png")
     seal(out, "demo", only=SUMMARY_FILES)
+
+
+def _demo_report(summary: dict, base: Path, run_dir: Path, heldout: Path, out: Path, log):
+    """The demo's last lines: the gap, the targets and what to run next."""
+    before, after = summary["before"], summary["after"]
     log(f"gap (teacher - plain), held-out: {summary['gap_before']:+.2f} -> "
-        f"{summary['gap_after']:+.2f} with the best adapter (step {best_step}"
+        f"{summary['gap_after']:+.2f} with the best adapter (step {summary['best_step']}"
         f"{'; the run stopped itself: ' + summary['stopped'] if summary['stopped'] else ''}); "
         f"plain {before['plain_acc']:.2f} -> {after['plain_acc']:.2f}; "
         f"{summary['wall_seconds']:.0f} s; wrote {out / 'summary.json'} and {out / 'summary.png'}")
     if summary["missed_targets"] is not None:
         log("targets: " + (f"all met ({Targets().describe()})" if not summary["missed_targets"]
                            else "MISSED: " + "; ".join(summary["missed_targets"])))
-    log(f"next: mlx-opd eval --model {base} --adapter {run_dir} --data {paths['heldout']} "
+    log(f"next: mlx-opd eval --model {base} --adapter {run_dir} --data {heldout} "
         f"--out {out / 'eval-after.json'}")
     log("  (the held-out split again, with the run's views: the best adapter's figures above)")
-    return summary
 
 
 # --- baselines: teacher options and off-policy SFT on the teacher's answers ----------------

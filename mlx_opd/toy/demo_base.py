@@ -177,15 +177,9 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
     answer position less than min_probe of the time: train `sft_steps` more steps on the same examples (the
     batch order of round k is seeded seed + k), at most `max_rounds` rounds in all, then
     stop with an error that says so. The model, data and labels never change seed."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
     from mlx_opd import models
     from mlx_opd.data import read_samples
-    from mlx_opd.models.layouts import to_hf_weights
     from mlx_opd.run.config import DataConfig
-    from mlx_opd.run.files import write_dir_atomically
-    from mlx_opd.toy.sft import train_supervised
     from mlx_opd.toy.synth import write_split
     from mlx_opd.toy.tiny import build_tiny_model
 
@@ -203,6 +197,19 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
         write_split(work, "calibration", r.calibration_scenes, r.seed + CAL_SEED_OFFSET,
                     r.synth))))
     L = models.load(init)
+    rounds = _train_rounds(L, sft, cal_set, r, log)
+    _write_base(out, init, L, r, rounds, t0)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"tiny base: built in {time.time() - t0:.0f} s -> {out}")
+    return out
+
+
+def _train_rounds(L, sft: list, cal_set: list, r: DemoRecipe, log) -> list[dict]:
+    """Supervised rounds until the calibration split passes the recipe's rules (or the
+    error after max_rounds); each round's calibration."""
+    from mlx_opd import models
+    from mlx_opd.toy.sft import train_supervised
+
     crops, fulls = _base_examples(L, sft, r, models.eos_token_ids(L)[0])
     L.model.unfreeze()
     rounds, t_start = [], time.time()
@@ -228,13 +235,22 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
             f"position {cal['answer_probe']:.2f} (need crop >= {r.min_teacher_acc}, gap >= "
             f"{r.min_gap}, evidence >= {r.min_probe})")
         if gap_ok(cal, r):
-            break
+            return rounds
         if len(rounds) >= r.max_rounds:
             raise RuntimeError(
                 f"tiny base: no crop-vs-full gap after {len(rounds)} rounds of {r.sft_steps} "
                 f"steps (calibration: {cal}); the demo cannot show the method. Please report "
                 "this with the output of `mlx-opd doctor`.")
         log("tiny base: gap too small; training one more round (the documented rule)")
+
+
+def _write_base(out: Path, init: Path, L, r: DemoRecipe, rounds: list, t0: float) -> None:
+    """The trained base in Hugging Face layout with its recipe and calibration, atomically."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from mlx_opd.models.layouts import to_hf_weights
+    from mlx_opd.run.files import write_dir_atomically
 
     def write(tmp: Path):
         for f in init.iterdir():
@@ -247,9 +263,6 @@ def build_base(r: DemoRecipe, cache: Path, log=print) -> Path:
             indent=2, default=list))
 
     write_dir_atomically(out, write, kind="demo-base")
-    shutil.rmtree(work, ignore_errors=True)
-    log(f"tiny base: built in {time.time() - t0:.0f} s -> {out}")
-    return out
 
 
 def _accuracies(loaded, samples, r: DemoRecipe,

@@ -126,6 +126,17 @@ class BenchProgress:
         print(line, file=self.stream, flush=True)
 
 
+@dataclass
+class _Answered:
+    """What one pass over a benchmark's items gave."""
+
+    rows: list = field(default_factory=list)
+    reused: int = 0
+    seconds: float = 0.0                      # spent answering (cached items excluded)
+    unreadable: list = field(default_factory=list)
+    thumbs: dict = field(default_factory=dict)  # the page's pictures, made as items pass
+
+
 def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: BenchSettings,
                   pixels: PixelConfig = PixelConfig(), view_cfg: ViewConfig = ViewConfig(),
                   limit: int | None = None, force: bool = False, progress=None,
@@ -141,25 +152,51 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
     header = {"kind": KIND, "status": "running", "benchmark": bench.name, "title": bench.title,
               "settings": settings.as_dict()}
     write_json_atomically(summary_path, header)
-    progress = progress or BenchProgress(bench.name, target)
-    writer, rows, reused, seconds, t_start = RowWriter(rows_path), [], 0, 0.0, time.perf_counter()
-    unreadable: list[Unreadable] = []
-    thumbs: dict[str, tuple] = {}  # the page's pictures, made as the items pass
+    t_start = time.perf_counter()
+    done = _answer_items(loaded, bench, items, target, cached, RowWriter(rows_path), settings,
+                         pixels, view_cfg, progress or BenchProgress(bench.name, target), log)
+    if not done.rows:
+        raise DataError("the benchmark has no rows", str(root), "check --data")
+    judged = judge(done.rows) if judge is not None else None
+    summary = {**header, "status": "complete", "model": settings.model,
+               "adapter": settings.adapter, "data": settings.data,
+               "reused": done.reused, "computed": len({r["id"] for r in done.rows}) - done.reused,
+               "rows_total_in_benchmark": total,
+               "seconds": round(time.perf_counter() - t_start, 1),
+               "unreadable": len(done.unreadable),
+               "unreadable_rows": [asdict(u) for u in done.unreadable[:50]],
+               **summarize(done.rows, settings.views, bench.answer_kind, bench.name)}
+    if judged is not None:
+        summary["judge"] = judged
+    write_json_atomically(summary_path, summary)
+    from mlx_opd.evaluation.benchmarks.report import accuracy_chart
+
+    accuracy_chart(summary, chart_path)
+    eval_page(summary, done.rows, summary_path.with_suffix(".html"), view_cfg, chart_path,
+              images=done.thumbs)
+    return summary
+
+
+def _answer_items(loaded, bench: Benchmark, items, target: int, cached: dict, writer,
+                  settings: BenchSettings, pixels, view_cfg, progress, log) -> _Answered:
+    """The first `target` items answered (or taken from the cache), each new row written as
+    it comes; an unreadable row is reported, counted and skipped."""
+    done = _Answered()
     try:
         for k, item in enumerate(items):
             if k >= target:
                 break
             if isinstance(item, Unreadable):  # reported and counted; the run goes on
-                unreadable.append(item)
+                done.unreadable.append(item)
                 log(f"{bench.name}: row {item.id} ({item.where}) skipped: {item.reason}")
-                progress(k + 1, reused, seconds, None)
+                progress(k + 1, done.reused, done.seconds, None)
                 continue
-            thumbs[item.id] = bench_images(item, view_cfg)
+            done.thumbs[item.id] = bench_images(item, view_cfg)
             want = [v for v in settings.views if v != "teacher" or item.has_crop_view]
             have = [cached[(item.id, v)] for v in want if (item.id, v) in cached]
             if len(have) == len(want):
-                reused += 1
-                rows += have
+                done.reused += 1
+                done.rows += have
             else:
                 t0 = time.perf_counter()
                 todo = [v for v in want if (item.id, v) not in cached]
@@ -167,35 +204,16 @@ def run_benchmark(loaded, bench: Benchmark, root: Path, out: Path, settings: Ben
                     new = answer_item(loaded, bench, item, todo, pixels, view_cfg,
                                       settings.max_tokens)
                 except DataError as e:  # e.g. an image that does not decode
-                    unreadable.append(Unreadable(item.id, item.where, e.what))
+                    done.unreadable.append(Unreadable(item.id, item.where, e.what))
                     log(f"{bench.name}: row {item.id} ({item.where}) skipped: {e.what}")
-                    progress(k + 1, reused, seconds, None)
+                    progress(k + 1, done.reused, done.seconds, None)
                     continue
                 for r in new:
                     writer.write(r)
-                rows += have + new
-                seconds += time.perf_counter() - t0
-            plain = [r["correct"] for r in rows if r["view"] == "plain"]
-            progress(k + 1, reused, seconds, sum(plain) / len(plain) if plain else None)
+                done.rows += have + new
+                done.seconds += time.perf_counter() - t0
+            plain = [r["correct"] for r in done.rows if r["view"] == "plain"]
+            progress(k + 1, done.reused, done.seconds, sum(plain) / len(plain) if plain else None)
     finally:
         writer.close()
-    if not rows:
-        raise DataError("the benchmark has no rows", str(root), "check --data")
-    judged = judge(rows) if judge is not None else None
-    summary = {**header, "status": "complete", "model": settings.model,
-               "adapter": settings.adapter, "data": settings.data,
-               "reused": reused, "computed": len({r["id"] for r in rows}) - reused,
-               "rows_total_in_benchmark": total,
-               "seconds": round(time.perf_counter() - t_start, 1),
-               "unreadable": len(unreadable),
-               "unreadable_rows": [asdict(u) for u in unreadable[:50]],
-               **summarize(rows, settings.views, bench.answer_kind, bench.name)}
-    if judged is not None:
-        summary["judge"] = judged
-    write_json_atomically(summary_path, summary)
-    from mlx_opd.evaluation.benchmarks.report import accuracy_chart
-
-    accuracy_chart(summary, chart_path)
-    eval_page(summary, rows, summary_path.with_suffix(".html"), view_cfg, chart_path,
-              images=thumbs)
-    return summary
+    return done
