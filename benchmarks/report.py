@@ -25,23 +25,32 @@ def loss_table(records):
 
 def rollout_table(records):
     """One row per (model, shape, workload, engine) of benchmarks/rollout.py, with each
-    engine's whole-rollout tokens/s over the loop's in the same run."""
-    base = {(r["model"], r["prompts"], r["workload"]): r["rollout_tokens_per_s"]
-            for r in records if r["engine"] == "loop" and "skipped" not in r}
-    out = ["| model | prompts x rows | workload | engine | seconds (prefill + decode) | "
+    engine's whole-rollout tokens/s over the loop's in the same run (with the image
+    features' seconds added on both sides in the last ratio)."""
+    def key(r):
+        return r["model"], r["prompts"], r["workload"]
+
+    base = {key(r): r for r in records if r["engine"] == "loop" and "skipped" not in r}
+    out = ["| model | prompts x rows | workload | engine | vision s | prefill + decode s | "
            "kept / computed tokens | useful | decode tok/s | rollout tok/s | vs loop | "
-           "peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "with vision: tok/s, vs loop | peak GB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         head = f"| {r['model']} | {r['prompts']}x{r['rows']} | {r['workload']} | {r['engine']} |"
         if "skipped" in r:
-            out.append(f"{head} skipped: {r['skipped']} | | | | | | |")
+            out.append(f"{head} skipped: {r['skipped']} | | | | | | | | |")
             continue
-        ratio = r["rollout_tokens_per_s"] / base[(r["model"], r["prompts"], r["workload"])]
-        out.append(f"{head} {r['seconds']:.1f} ({r['prefill_seconds']:.1f} + "
-                   f"{r['decode_seconds']:.1f}) | {r['tokens_kept']:,} / "
-                   f"{r['tokens_computed']:,} | {r['useful_fraction']:.2f} | "
-                   f"{r['decode_tokens_per_s']:.1f} | {r['rollout_tokens_per_s']:.1f} | "
-                   f"{ratio:.2f}x | {r['peak_bytes'] / 1e9:.2f} |")
+        b = base.get(key(r))
+        ratio = f"{r['rollout_tokens_per_s'] / b['rollout_tokens_per_s']:.2f}x" if b else ""
+        with_v = r.get("rollout_tokens_per_s_with_vision", r["rollout_tokens_per_s"])
+        b_v = b.get("rollout_tokens_per_s_with_vision") if b else None
+        vs = f"{with_v:.1f}, {with_v / b_v:.2f}x" if b_v else f"{with_v:.1f}"
+        vision = f"{r['vision_seconds']:.1f}" if "vision_seconds" in r else "(in prefill)"
+        out.append(f"{head} {vision} | {r['prefill_seconds']:.1f} + {r['decode_seconds']:.1f} | "
+                   f"{r['tokens_kept']:,} / {r['tokens_computed']:,} | "
+                   f"{r['useful_fraction']:.2f} | {r['decode_tokens_per_s']:.1f} | "
+                   f"{r['rollout_tokens_per_s']:.1f} | {ratio} | {vs} | "
+                   f"{r['peak_bytes'] / 1e9:.2f} |")
     return "\n".join(out)
 
 
