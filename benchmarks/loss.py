@@ -7,8 +7,8 @@ Variants (the divergence is top-K (K=100) JSD beta 0.5 with the tail bucket unle
     naive        plain MLX ops + autograd (log_softmax of both sides, gather, divergence)
     mlx_lm_kl    mlx-lm's kl_div_loss, full vocabulary forward KL (the nearest peer)
     mlx_lm_js    mlx-lm's js_div_loss, full vocabulary JS
-    ours         mlx_opd.loss.token_divergence, once per available backend (mlx, metal, cuda)
-    fused        mlx_opd.loss.fused_token_divergence from hidden states [rows, H] through an
+    ours         mlx_opd.method.loss.token_divergence, once per available backend (mlx, metal, cuda)
+    fused        mlx_opd.method.loss.fused_token_divergence from hidden states [rows, H] through an
                  LM head [V, H] (includes the head matmuls, so not the same workload)
 Reported per record: median seconds of value_and_grad w.r.t. the student input, the
 peak memory above what the inputs already hold (`peak_bytes`), the ratio of both to naive

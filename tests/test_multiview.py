@@ -381,8 +381,8 @@ def test_a_degraded_view_is_the_same_in_another_process_and_under_another_path(t
     (tmp_path / "a" / "nobox.jsonl").write_text("".join(
         json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in rows))
     code = ("import sys, hashlib, numpy as np; from mlx_opd.data import read_samples; "
-            "from mlx_opd.config import DataConfig, ViewConfig; "
-            "from mlx_opd.views import student_view; "
+            "from mlx_opd.run.config import DataConfig, ViewConfig; "
+            "from mlx_opd.method.views import student_view; "
             "s = read_samples(DataConfig(path=sys.argv[1]), need_boxes=False)[0][1]; "
             "im = student_view(s, ViewConfig(teacher='clean', student='degraded'), 7).image; "
             "print(hashlib.sha256(np.asarray(im).tobytes()).hexdigest())")
