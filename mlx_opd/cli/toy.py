@@ -37,8 +37,8 @@ def demo(out, quick, cache, compare_teachers, compare_views, seeds, check, seed)
     """Offline, end to end: synthetic data -> tiny base with a gap -> eval -> Vision-OPD ->
     eval. Writes OUT/summary.json and OUT/summary.png."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from mlx_opd.toy.demo import compare_teachers as run_compare
     from mlx_opd.toy.demo import run_demo
+    from mlx_opd.toy.demo_baselines import compare_teachers as run_compare
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     try:
