@@ -57,10 +57,18 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 # The rounding-sensitive tests again under the reference BLAS and under another OpenBLAS
-# kernel family with one thread: a result that holds on one machine only fails here.
+# kernel family with one thread: a result that holds on one machine only fails here. Both
+# run on one thread, so they run side by side, each with its log in runs/; the target
+# prints both tails and fails if either run does.
 test-numerics: $(STAMP) browser
-	HF_HUB_OFFLINE=1 MLX_OPD_NO_BLAS=1 $(PY) -m pytest -m numerics
-	HF_HUB_OFFLINE=1 OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -m numerics
+	@mkdir -p runs
+	@HF_HUB_OFFLINE=1 MLX_OPD_NO_BLAS=1 $(PY) -m pytest -m numerics -p no:cacheprovider \
+	  > runs/numerics-reference-blas.log 2>&1 & ref=$$!; \
+	HF_HUB_OFFLINE=1 OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 $(PY) -m pytest \
+	  -m numerics -p no:cacheprovider > runs/numerics-prescott.log 2>&1; one=$$?; \
+	wait $$ref; two=$$?; \
+	tail -n 15 runs/numerics-reference-blas.log runs/numerics-prescott.log; \
+	test $$one -eq 0 && test $$two -eq 0
 
 # The engines run for real: ms-swift (and what its launch script needs) in a virtual
 # environment of its own (tests/engines/requirements-swift.txt), then the generated
