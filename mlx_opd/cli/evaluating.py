@@ -24,13 +24,9 @@ from mlx_opd.cli.common import (
     pixel_options,
     view_options,
 )
-from mlx_opd.evaluation.benchmarks.item import Benchmark  # a dataclass: nothing heavy
 from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES
+from mlx_opd.evaluation.benchmarks.names import MAX_TOKENS as BENCH_MAX_TOKENS
 from mlx_opd.run.config import EvalConfig
-
-
-def _field_default(cls, name: str):
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 @main.command()
@@ -145,7 +141,7 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
 @click.option("--limit", type=int, default=None, help="Only the first N samples.")
 @click.option("--max-tokens", type=int, default=None,
               help=f"Answer length cap (default {EvalConfig.max_tokens}; benchmarks "
-                   f"{_field_default(Benchmark, 'max_tokens')}).")
+                   f"{BENCH_MAX_TOKENS}).")
 @click.option("--judge", "judge_model", default=None,
               help="Benchmarks: a local MLX model that maps answers the rules cannot read to "
                    "an option (reported separately; off by default).")
@@ -173,7 +169,6 @@ def eval_cmd(model, adapter, data, out, benchmark, variant, views, limit, max_to
     if not model:
         _fail(click.UsageError("--model is required (except with --compare)"))
     _offline_if_local(model)
-    import dataclasses
 
     run = _views_of(run_config, adapter)
     pixels = _pixels(kw, run.pixels if run else None)

@@ -13,6 +13,7 @@ from mlx_opd.cli.common import FAMILIES, _fail, _offline_if_local, main
 from mlx_opd.preflight.doctor_bench import (
     BenchConfig,  # defaults for `doctor --help` (nothing heavy either)
 )
+from mlx_opd.toy.sizes import TinySize  # nothing heavy: --help stays instant
 
 
 @main.command("tiny-model")
@@ -22,10 +23,14 @@ from mlx_opd.preflight.doctor_bench import (
                    "template, random weights, fewer layers (e.g. Qwen/Qwen2.5-VL-3B-Instruct).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--hidden-size", type=int, default=64, show_default=True, help="Toy only.")
-@click.option("--layers", type=int, default=2, show_default=True, help="Text layers.")
-@click.option("--heads", type=int, default=4, show_default=True, help="Toy only.")
-@click.option("--vision-depth", "--vision-layers", "vision_depth", type=int, default=2,
+@click.option("--hidden-size", type=int, default=TinySize.hidden_size, show_default=True,
+              help="Toy only.")
+@click.option("--layers", type=int, default=TinySize.num_layers, show_default=True,
+              help="Text layers.")
+@click.option("--heads", type=int, default=TinySize.num_heads, show_default=True,
+              help="Toy only.")
+@click.option("--vision-depth", "--vision-layers", "vision_depth", type=int,
+              default=TinySize.vision_depth,
               show_default=True, help="Vision blocks.")
 @click.option("--quantize", type=click.Choice(["4", "8"]), default=None,
               help="Replicas: quantize with mlx-vlm's convert, as mlx-community's repos are.")

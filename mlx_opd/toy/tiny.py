@@ -12,10 +12,12 @@ model. Everything is deterministic for a seed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_opd.models.layouts import check_family, to_hf_weights
+from mlx_opd.toy.sizes import (  # noqa: F401  (moved to sizes.py)
+    TinySize,
+)
 
 # Qwen-style special tokens, appended after the BPE vocabulary (as in Qwen checkpoints).
 SPECIAL_TOKENS = (
@@ -36,23 +38,6 @@ _WORDS = (
     "A B C D E F yes no one two three four five six seven eight nine zero "
     "question options choose best describes"
 ).split()
-
-
-@dataclass(frozen=True)
-class TinySize:
-    """Toy sizes. Defaults give a model of about 0.2M parameters that loads in ~1 s."""
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    vision_depth: int = 2
-    vision_hidden_size: int = 32
-    vision_heads: int = 2
-    bpe_vocab: int = 400  # byte-level BPE size before the special tokens
-    min_pixels: int = 28 * 28 * 4
-    max_pixels: int = 28 * 28 * 256
 
 
 def _corpus(seed: int, lines: int = 3000) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlx_opd.data.images import ImageRef
+from mlx_opd.evaluation.benchmarks.names import MAX_TOKENS
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ANSWER_KINDS = ("letter", "yesno", "open", "mixed")  # mixed: each item says (ZoomBench)
@@ -84,9 +85,7 @@ class Benchmark:
     prompt: Callable[[BenchItem], str]
     allow_patterns: tuple[str, ...] | None = None  # files to fetch from the hub
     layout: str = ""                                # one line: what a local folder holds
-    # enough for a model's preamble before its letter (theirs: 32,768, infer.py via
-    # run_eval.sh:29; a Mac run would spend minutes on a rambling answer)
-    max_tokens: int = 256
+    max_tokens: int = MAX_TOKENS  # names.py says why
     lower_letters: bool = False                     # options lettered (a), (b) (MMVP)
     default_views: tuple[str, ...] = ("plain",)
     # benchmarks published as several hub repos: (folder name, hub id) for each
