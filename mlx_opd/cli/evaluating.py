@@ -258,78 +258,23 @@ def _eval_benchmark(name, variant, model, adapter, data, out, views, limit, max_
         sys.exit(130)
     except (DataError, FileNotFoundError, ValueError, OutputExistsError) as e:
         _fail(e)
-    click.echo(_benchmark_summary(summary))
+    from mlx_opd.evaluation.benchmarks.report import summary_text
+
+    click.echo(summary_text(summary))
     click.echo(f"wrote {out}, {Path(out).with_suffix('.jsonl')}, {Path(out).with_suffix('.png')}"
                f"\nnext: after training, run the same command with --adapter RUN_DIR/adapters "
                f"and another --out, then `mlx-opd eval --compare {out} AFTER.json`")
 
 
-def _benchmark_summary(s: dict) -> str:
-    lines = [f"{s['title']}: n={s['n']} ({s['reused']} cached, {s['computed']} answered now), "
-             f"{s['unparsed']} unparsed" + (f", {s['unreadable']} unreadable rows skipped"
-                                             if s.get("unreadable") else "")]
-    for v, a in s["views"].items():
-        lines.append(f"  {v:<8} accuracy {a['acc']:.3f} ({a['correct']}/{a['n']})")
-    if "gap" in s:
-        lines.append(f"  gap (crop - full) {s['gap']:+.3f} over {s['gap_n']} samples")
-    for title, block in (("", s["by_category"]), ("type ", s.get("by_type", {}))):
-        for c, per in block.items():
-            parts = [f"{v} {a['acc']:.3f} (n={a['n']})" for v, a in per.items()
-                     if isinstance(a, dict)]
-            if "gap" in per:
-                parts.append(f"gap {per['gap']:+.3f}")
-            lines.append(f"  {title}{c}: " + ", ".join(parts))
-    for key in ("cvbench_score", "cvbench_cambrian", "hrbench_cycle_mean", "visualprobe_mean",
-                "pair_acc", "ceiling"):
-        if key in s:
-            lines.append(f"  {key} {s[key]:.3f}")
-    if "pope" in s:
-        lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in s["pope"].items()))
-    if "judge" in s:
-        j = s["judge"]
-        lines.append(f"  judge {j['model']} (the authors' judge prompt): accepted "
-                     f"{j['accepted']}/{j['looked_at']} replies the rules did not score right; "
-                     "accuracy with its verdicts " + ", ".join(
-                         f"{v} {a:.3f}" for v, a in j["acc_with_judge"].items()))
-    return "\n".join(lines)
-
-
 def _eval_compare(before_path, after_path, out):
-    from mlx_opd.evaluation.benchmarks.report import compare, compare_chart, format_table, load_eval
+    from mlx_opd.evaluation.benchmarks.report import write_comparison
+    from mlx_opd.run.files import OutputExistsError
 
     try:
-        before, after = load_eval(before_path), load_eval(after_path)
-        rows = compare(before, after)
-    except ValueError as e:
+        table, written = write_comparison(before_path, after_path, out)
+    except (ValueError, OutputExistsError) as e:
         _fail(e)
-    title = (f"{after.get('title') or after.get('benchmark') or 'eval'}: "
-             f"{Path(before_path).name} -> {Path(after_path).name}")
-    click.echo(format_table(rows, title))
-    from mlx_opd.evaluation.pages import changes_page, read_rows
-    from mlx_opd.run.config import ViewConfig
-    from mlx_opd.run.files import keep_old_files
-
+    click.echo(table)
+    click.echo(f"wrote {written[0]} (the items fixed and broken, as cards)")
     if out:
-        out = Path(out)
-        if out.exists():
-            try:
-                old = json.loads(out.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-                old = {}
-            if not isinstance(old, dict) or old.get("kind") != "mlx-opd eval comparison":
-                _fail(OSError(f"{out} exists and is not a comparison mlx-opd wrote; choose "
-                              "another --out (nothing was overwritten)"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-    page = (out.with_suffix(".html") if out else
-            Path(after_path).with_name(f"{Path(after_path).stem}-changes.html"))
-    keep_old_files([page])
-    changes_page(read_rows(before_path), read_rows(after_path), rows, page, ViewConfig(), title)
-    click.echo(f"wrote {page} (the items fixed and broken, as cards)")
-    if out:
-        from mlx_opd.run.files import write_json_atomically
-
-        write_json_atomically(out, {"kind": "mlx-opd eval comparison", "before": str(before_path),
-                         "after": str(after_path), "benchmark": after.get("benchmark"),
-                         "rows": rows})
-        compare_chart(rows, out.with_suffix(".png"), title)
-        click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+        click.echo(f"wrote {' and '.join(str(w) for w in written[1:])}")

@@ -135,3 +135,72 @@ def compare_chart(rows: list[dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def summary_text(s: dict) -> str:
+    """A benchmark summary as the lines `eval --benchmark` prints."""
+    lines = [f"{s['title']}: n={s['n']} ({s['reused']} cached, {s['computed']} answered now), "
+             f"{s['unparsed']} unparsed" + (f", {s['unreadable']} unreadable rows skipped"
+                                             if s.get("unreadable") else "")]
+    for v, a in s["views"].items():
+        lines.append(f"  {v:<8} accuracy {a['acc']:.3f} ({a['correct']}/{a['n']})")
+    if "gap" in s:
+        lines.append(f"  gap (crop - full) {s['gap']:+.3f} over {s['gap_n']} samples")
+    for title, block in (("", s["by_category"]), ("type ", s.get("by_type", {}))):
+        for c, per in block.items():
+            parts = [f"{v} {a['acc']:.3f} (n={a['n']})" for v, a in per.items()
+                     if isinstance(a, dict)]
+            if "gap" in per:
+                parts.append(f"gap {per['gap']:+.3f}")
+            lines.append(f"  {title}{c}: " + ", ".join(parts))
+    for key in ("cvbench_score", "cvbench_cambrian", "hrbench_cycle_mean", "visualprobe_mean",
+                "pair_acc", "ceiling"):
+        if key in s:
+            lines.append(f"  {key} {s[key]:.3f}")
+    if "pope" in s:
+        lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in s["pope"].items()))
+    if "judge" in s:
+        j = s["judge"]
+        lines.append(f"  judge {j['model']} (the authors' judge prompt): accepted "
+                     f"{j['accepted']}/{j['looked_at']} replies the rules did not score right; "
+                     "accuracy with its verdicts " + ", ".join(
+                         f"{v} {a:.3f}" for v, a in j["acc_with_judge"].items()))
+    return "\n".join(lines)
+
+
+def write_comparison(before_path, after_path, out) -> tuple[str, list[Path]]:
+    """`eval --compare`: the table of two evaluations per category, the page of the items
+    fixed and broken, and with `out` the comparison's JSON and chart (an existing `out`
+    that is not a comparison we wrote is refused, nothing overwritten). Returns (the
+    table, the files written)."""
+    from mlx_opd.evaluation.pages import changes_page, read_rows
+    from mlx_opd.run.config import ViewConfig
+    from mlx_opd.run.files import OutputExistsError, keep_old_files, write_json_atomically
+
+    before, after = load_eval(before_path), load_eval(after_path)
+    rows = compare(before, after)
+    title = (f"{after.get('title') or after.get('benchmark') or 'eval'}: "
+             f"{Path(before_path).name} -> {Path(after_path).name}")
+    if out:
+        out = Path(out)
+        if out.exists():
+            try:
+                old = json.loads(out.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                old = {}
+            if not isinstance(old, dict) or old.get("kind") != "mlx-opd eval comparison":
+                raise OutputExistsError(f"{out} exists and is not a comparison mlx-opd wrote; "
+                                        "choose another --out (nothing was overwritten)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+    page = (out.with_suffix(".html") if out else
+            Path(after_path).with_name(f"{Path(after_path).stem}-changes.html"))
+    keep_old_files([page])
+    changes_page(read_rows(before_path), read_rows(after_path), rows, page, ViewConfig(), title)
+    written = [page]
+    if out:
+        write_json_atomically(out, {"kind": "mlx-opd eval comparison",
+                                    "before": str(before_path), "after": str(after_path),
+                                    "benchmark": after.get("benchmark"), "rows": rows})
+        compare_chart(rows, out.with_suffix(".png"), title)
+        written += [out, out.with_suffix(".png")]
+    return format_table(rows, title), written
