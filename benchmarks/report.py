@@ -25,15 +25,18 @@ def loss_table(records):
 
 def rollout_table(records):
     """One row per (model, shape, workload, engine) of benchmarks/rollout.py, with each
-    engine's whole-rollout tokens/s over the loop's in the same run (with the image
-    features' seconds added on both sides in the last ratio)."""
+    engine's whole-rollout tokens/s over the reference's in the same run: `before` (the
+    loop of 39de53d) where it ran, else `loop` (with the image features' seconds added on
+    both sides in the last ratio)."""
     def key(r):
         return r["model"], r["prompts"], r["workload"]
 
+    # the reference: today's loop, or the loop before issue 32 where it ran (fixed lengths)
     base = {key(r): r for r in records if r["engine"] == "loop" and "skipped" not in r}
+    base.update({key(r): r for r in records if r["engine"] == "before" and "skipped" not in r})
     out = ["| model | prompts x rows | workload | engine | vision s | prefill + decode s | "
-           "kept / computed tokens | useful | decode tok/s | rollout tok/s | vs loop | "
-           "with vision: tok/s, vs loop | peak GB |",
+           "kept / computed tokens | useful | decode tok/s | rollout tok/s | vs reference | "
+           "with vision: tok/s, vs reference | peak GB |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         head = f"| {r['model']} | {r['prompts']}x{r['rows']} | {r['workload']} | {r['engine']} |"
