@@ -269,6 +269,9 @@ def main():
                     help="also run loop@K and ours@K, K prompts' rows at once (shapes with "
                          "more than K prompts)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per cell (the fastest kept)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run the engines in turn within each repeat (not each cell's "
+                         "repeats back to back)")
     ap.add_argument("--skip", default="", help="cells to leave out: model:shape:engine,...")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
@@ -293,25 +296,34 @@ def main():
                 for workload in args.workloads.split(","):
                     extra = [f"loop@{args.room}", f"ours@{args.room}"] \
                         if 0 < args.room < P else []
+                    cells = []
                     for engine in list(ENGINES) + extra:
+                        if engine == "before" and workload != "fixed":
+                            continue  # it has no logits processor: fixed lengths only
                         rec = {"model": name, "image": list(size), "prompts": P, "rows": n,
                                "workload": workload, "engine": engine,
                                "prompt_tokens": items[0][2].prompt_len}
-                        if engine == "before" and workload != "fixed":
-                            continue  # it has no logits processor: fixed lengths only
                         if skipped(skip, (name, shape, workload, engine)):
                             rec["skipped"] = "--skip"
-                        else:
-                            runs = sorted((measure(loaded, items, n, args.max_tokens,
-                                                   workload, engine, args.seed)
-                                           for _ in range(args.repeats)),
-                                          key=lambda c: c["seconds"])
-                            rec.update(runs[0])  # the fastest: the least disturbed
-                            rec["seconds_all"] = [c["seconds"] for c in runs]
+                        cells.append(rec)
+                    live = [r for r in cells if "skipped" not in r]
+                    runs = {r["engine"]: [] for r in live}
+                    # --interleave: engine after engine within each repeat, so that a
+                    # machine's drift over the minutes falls on every engine alike
+                    order = ([r for _ in range(args.repeats) for r in live] if args.interleave
+                             else [r for r in live for _ in range(args.repeats)])
+                    for r in order:
+                        runs[r["engine"]].append(measure(loaded, items, n, args.max_tokens,
+                                                         workload, r["engine"], args.seed))
+                    for rec in cells:
+                        if "skipped" not in rec:
+                            done = sorted(runs[rec["engine"]], key=lambda c: c["seconds"])
+                            rec.update(done[0])  # the fastest: the least disturbed
+                            rec["seconds_all"] = [c["seconds"] for c in runs[rec["engine"]]]
                         print(json.dumps(rec), flush=True)
                         out["records"].append(rec)
-                        args.json.parent.mkdir(parents=True, exist_ok=True)
-                        args.json.write_text(json.dumps(out, indent=1))
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(out, indent=1))
             del loaded
             mx.clear_cache()
     print(f"wrote {args.json}; next: python benchmarks/report.py {args.json.parent}")
