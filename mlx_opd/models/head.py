@@ -9,16 +9,6 @@ from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_opd.models.hub import (  # noqa: F401  (moved to hub.py)
-    _HUB_ID,
-    AdapterMismatchError,
-    ModelNotFoundError,
-    _cached_snapshot,
-    base_identity,
-    check_adapter_config,
-    resolve_path,
-)
-
 
 class _Identity(nn.Module):
     def __call__(self, x):
