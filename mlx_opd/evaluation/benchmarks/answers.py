@@ -25,90 +25,11 @@ mathruler says so, after the same clean-up. What the rules cannot read stays `No
 from __future__ import annotations
 
 import re
-import unicodedata
 
-from mlx_opd.evaluation.benchmarks.item import LETTERS
+# rules 1-4 (the letter reader every answer goes through) live in method/answers.py
+from mlx_opd.method.answers import _norm_text, clean, parse_letter, strip_preamble
 
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_MARKDOWN = re.compile(r"\*\*|__|`|^#+\s*", re.M)
-_PREAMBLE = re.compile(
-    r"^(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+|correct\s+|best\s+|right\s+)?"
-    r"(?:answer|option|choice)(?:\s+is)?\s*[:：]?\s*"
-    r"|^(?:i\s+(?:choose|select|pick)|my\s+answer\s+is)\s*[:：]?\s*"
-    r"|^(?:最佳答案为|正确答案是|正确答案为|答案是|答案为|答案|选项|选择|选)\s*[:：]?\s*", re.I)
-_UPPER_START = re.compile(r"^[(\[]?([A-Z])[)\]]?(?=$|[.,:;!?)\]]|\s)")
-_BRACKETED = re.compile(r"[(\[]([A-Z])[)\]]")
-_LOWER_WHOLE = re.compile(r"^[(\[]?([a-z])[)\]]?[.:]?$")
-_LOWER_BRACKET_START = re.compile(r"^\(([a-z])\)")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.I)
-
-
-def clean(text: str) -> str:
-    """The answer part of a reply, with full-width forms folded and markdown dropped."""
-    t = _THINK.sub("", text or "")
-    if "</think>" in t:  # a reply that starts inside the think block
-        t = t.rsplit("</think>", 1)[1]
-    tags = _ANSWER_TAG.findall(t)
-    if tags:
-        t = tags[-1]
-    boxed = _BOXED.findall(t)
-    if boxed:
-        t = boxed[-1]
-    t = unicodedata.normalize("NFKC", t).replace("。", ".").replace("、", ",")
-    return " ".join(_MARKDOWN.sub("", t).split())
-
-
-def strip_preamble(t: str) -> str:
-    """'The answer is B' -> 'B'; repeated preambles too ('Answer: the answer is B')."""
-    for _ in range(3):
-        new = _PREAMBLE.sub("", t, count=1).strip()
-        if new == t:
-            break
-        t = new
-    return t
-
-
-def _norm_text(s: str) -> str:
-    return re.sub(r"[\s.,;:!?\"'()]+", " ", s.lower()).strip()
-
-
-def _by_option_text(t: str, options) -> int | None:
-    if not options:
-        return None
-    said = _norm_text(t)
-    texts = [_norm_text(str(o)) for o in options]
-    exact = [i for i, o in enumerate(texts) if o and o == said]
-    if len(exact) == 1:
-        return exact[0]
-    named = [i for i, o in enumerate(texts) if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", said)]
-    # an option contained in another one ("red" in "red ball") counts once, as the longer
-    named = [i for i in named if not any(j != i and texts[i] in texts[j] for j in named)]
-    return named[0] if len(named) == 1 else None
-
-
-def parse_letter(text: str, options, lower_letters: bool = False) -> str | None:
-    """The option letter a reply names, or None (see the module's rules 1-4)."""
-    n = len(options) if options else 5
-    allowed = LETTERS[:n]
-    t = strip_preamble(clean(text))
-    m = _UPPER_START.match(t)
-    if m and m.group(1) in allowed:
-        rest = t[m.end():]
-        # "B", "B.", "B) blue", "(B) blue": a letter as the answer; "A red ball": words
-        if not rest or not rest[0].isspace() or t[0] in "([" or \
-                (options and _by_option_text(rest, options) == allowed.index(m.group(1))):
-            return m.group(1)
-    if lower_letters:
-        m = _LOWER_WHOLE.match(t) or _LOWER_BRACKET_START.match(t)
-        if m and m.group(1).upper() in allowed:
-            return m.group(1).upper()
-    found = {x for x in _BRACKETED.findall(t) if x in allowed}
-    if len(found) == 1:
-        return found.pop()
-    i = _by_option_text(t, options)
-    return allowed[i] if i is not None else None
 
 
 def parse_yes_no(text: str) -> str | None:
