@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from mlx_opd.cli import main
 from mlx_opd.data import read_samples
+from mlx_opd.evaluation.benchmarks import answers as bench_answers
 from mlx_opd.evaluation.evaluate import evaluate
 from mlx_opd.method.answers import parse_answer
 from mlx_opd.method.views import teacher_view
@@ -20,9 +21,15 @@ from mlx_opd.toy.synth import COLOURS, SynthConfig, make_scene, write_dataset
     ("B", "B"), ("(B)", "B"), ("B.", "B"), ("B) blue", "B"), ("The answer is B", "B"),
     ("Answer: C", "C"), ("answer is (D).", "D"), ("option A", "A"), ("blue", "B"),
     ("It is Blue.", "B"), ("", None), ("E", None), ("blue or green", None), ("Banana", None),
+    # the authors' reader (method/answers.py rules 1-4), which the benchmarks use too
+    ("C D", None), ("**C**", "C"), ("<answer>(A)</answer>", "A"), ("Answer: B", "B"),
+    ("I think it is option B", None), ("the answer is b", None),
 ])
 def test_parse_answer(text, expected):
-    assert parse_answer(text, ["green", "blue", "cyan", "yellow"]) == expected
+    options = ["green", "blue", "cyan", "yellow"]
+    assert parse_answer(text, options) == expected
+    # one reader: the benchmarks' letter questions read the same letter
+    assert bench_answers.parse("letter", text, options) == expected
 
 
 def test_scene_is_deterministic_and_answerable_in_the_crop():

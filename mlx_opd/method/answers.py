@@ -1,6 +1,21 @@
-"""Reading answers: the option letter a free-form answer names (the toy's and our eval's
-rule; the paper's benchmarks use the authors' reader, evaluation/benchmarks/answers.py),
-and what a result row keeps of its sample (pages.py shows it)."""
+"""Reading answers: the option letter a reply names, the one reader every answer goes
+through (training's validation, `eval`, build-data, and the paper's benchmarks through
+evaluation/benchmarks/answers.py), and what a result row keeps of its sample (pages.py).
+
+It is the authors' first-letter rule (VisionOPD/Vision-OPD eval/judge_qwenlm.py @ c2e345f,
+lines 45-68) without its slips, each departure an answer their rule misreads:
+1. A letter counts only where it stands as the answer: at the start ("B", "(B)", "B.",
+   "B) text"), after a preamble ("The answer is B", "Answer: B", "option B", "答案是B",
+   "最佳答案为：B") or in brackets. Theirs takes the first capital anywhere, so "Answer: B"
+   reads as A (from "Answer"); "C D" names no one letter and reads as None.
+2. Full-width brackets and punctuation ("（B）", "B。", "Ｂ") are folded to ASCII (NFKC),
+   markdown emphasis ("**B**") is dropped, a <think> block is skipped, and the text inside
+   <answer>...</answer> or \\boxed{} is read when there is one.
+3. A lower-case letter counts only where the options are lettered that way (MMVP's "(a)")
+   and only when it is the whole answer ("a", "a.", "(a)"): "The answer is a red ball."
+   names no letter (the article), while its text may still name an option.
+4. The option's own text counts when it is the whole answer or the only option named.
+"""
 
 from __future__ import annotations
 
@@ -26,23 +41,9 @@ _LOWER_BRACKET_START = re.compile(r"^\(([a-z])\)")
 
 
 def parse_answer(text: str, options) -> str | None:
-    """The option letter a free-form answer names, or None. Accepts "B", "(B)", "B.",
-    "B) blue", "The answer is B", "Answer: B", and the option's own text ("blue")."""
-    letters = LETTERS[: len(options or [])] or "ABCD"
-    t = text.strip()
-    patterns = [rf"^\(?([{letters}])\)?(?:[.:,)\s]|$)",
-                rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?:[.:,)\s]|$)",
-                rf"(?:option|choice)\s*\(?([{letters}])\)?(?:[.:,)\s]|$)"]
-    for p in patterns:
-        m = re.search(p, t, flags=re.IGNORECASE if p != patterns[0] else 0)
-        if m:
-            return m.group(1).upper()
-    if options:
-        hits = [i for i, o in enumerate(options)
-                if re.search(rf"\b{re.escape(o.strip())}\b", t, flags=re.IGNORECASE)]
-        if len(hits) == 1:
-            return letters[hits[0]]
-    return None
+    """The option letter a free-form answer names, or None: the letter reader (rules 1-4
+    above) with capital letters only. The toy's plain letters ("B") are its first case."""
+    return parse_letter(text, options)
 
 
 def clean(text: str) -> str:
@@ -70,15 +71,15 @@ def strip_preamble(t: str) -> str:
     return t
 
 
-def _norm_text(s: str) -> str:
+def norm_text(s: str) -> str:
     return re.sub(r"[\s.,;:!?\"'()]+", " ", s.lower()).strip()
 
 
 def _by_option_text(t: str, options) -> int | None:
     if not options:
         return None
-    said = _norm_text(t)
-    texts = [_norm_text(str(o)) for o in options]
+    said = norm_text(t)
+    texts = [norm_text(str(o)) for o in options]
     exact = [i for i, o in enumerate(texts) if o and o == said]
     if len(exact) == 1:
         return exact[0]

@@ -5,16 +5,7 @@ The authors (VisionOPD/Vision-OPD eval/judge_qwenlm.py @ c2e345f) take the text 
 MMVP's (a)/(b) rule (89-99), `mathruler.grade_answer` (their grader, on PyPI), a
 first-letter rule for the multiple-choice benchmarks (45-68), and an LLM judge for the
 rest. We follow that order with these departures, each one an answer their rules misread:
-1. The letter rule reads a letter only where it stands as the answer: at the start
-   ("B", "(B)", "B.", "B) text"), after a preamble ("The answer is B", "Answer: B",
-   "答案是B", "最佳答案为：B") or in brackets. Theirs takes the first capital anywhere, so
-   "Answer: B" reads as A (from "Answer").
-2. Full-width brackets and punctuation ("（B）", "B。", "Ｂ") are folded to ASCII (NFKC),
-   markdown emphasis ("**B**") is dropped, and a <think> block is skipped.
-3. A lower-case letter counts only where the options are lettered that way (MMVP's "(a)")
-   and only when it is the whole answer ("a", "a.", "(a)"): "The answer is a red ball."
-   names no letter (the article), while its text may still name an option.
-4. The option's own text counts when it is the whole answer or the only option named.
+1-4. Letters: the one letter reader, method/answers.py (its docstring lists them).
 5. POPE: a leading yes/no decides ("Yes, there is a car but no truck" is yes); otherwise
    exactly one of the two words must appear.
 Free-form answers (ZoomBench open questions, VisualProbe) are equivalent to the gold when
@@ -27,7 +18,7 @@ from __future__ import annotations
 import re
 
 # rules 1-4 (the letter reader every answer goes through) live in method/answers.py
-from mlx_opd.method.answers import _norm_text, clean, parse_letter, strip_preamble
+from mlx_opd.method.answers import clean, norm_text, parse_letter, strip_preamble
 
 _YES_NO = re.compile(r"\b(yes|no)\b", re.I)
 
@@ -48,7 +39,7 @@ def equivalent(said: str, gold: str) -> bool:
     from mathruler.grader import grade_answer
 
     t = strip_preamble(clean(said)).rstrip(".")
-    return bool(t) and (grade_answer(t, gold) or _norm_text(t) == _norm_text(gold))
+    return bool(t) and (grade_answer(t, gold) or norm_text(t) == norm_text(gold))
 
 
 def parse(kind: str, text: str, options, lower_letters: bool = False) -> str | None:
