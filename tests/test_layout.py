@@ -83,3 +83,29 @@ def test_modules_and_functions_stay_short():
                 long_functions.append(f"{name}:{node.name}")
     assert not long_modules, long_modules
     assert sorted(long_functions) == sorted(LONG_FUNCTIONS), long_functions
+
+
+# a CLI option's default written as a literal: the only ones, each with its reason
+CLI_LITERALS = {
+    ('data.py', '"--format"'): "export-data's target engine, a choice of command, not a setting",
+    ('data.py', '"--n"'): "synth's dataset size, an argument of write_dataset",
+    ('data.py', '"--seed"'): "synth's first seed",
+    ('models.py', '"--seed"'): "tiny-model's weights seed",
+    ('models.py', '"--out"'): "doctor --bench's report folder",
+    ('toy.py', '"--out"'): "the demo's run folder",
+    ('training.py', '"--backend"'): "plan's backend, a choice of what to plan for",
+}
+LITERAL_DEFAULT = re.compile(r'@click\.option\(([^,]+),(?:[^@]*?)\bdefault=("[^"]*"|-?[\d.]+)[,)]',
+                             re.S)
+
+
+def test_cli_defaults_come_from_the_dataclasses():
+    """Help texts read the configs' defaults (run/config.py and the others); a literal
+    default is only one of CLI_LITERALS, so a changed dataclass default cannot leave a
+    stale one behind."""
+    found = set()
+    for f in sorted((PKG / "cli").glob("*.py")):
+        for m in LITERAL_DEFAULT.finditer(f.read_text()):
+            found.add((f.name, m.group(1).strip()))
+    assert found <= set(CLI_LITERALS), sorted(found - set(CLI_LITERALS))
+    assert ("evaluating.py", '"--max-tokens"') not in found  # compare/studio: CompareConfig

@@ -17,18 +17,21 @@ from mlx_opd.cli.common import (
     main,
     view_options,
 )
-from mlx_opd.run.config import (
-    SynthConfig,  # defaults for `synth --help` (config.py imports nothing heavy)
+from mlx_opd.data.samples import BOX_FORMATS
+from mlx_opd.run.config import (  # defaults for --help (config.py imports nothing heavy)
+    DataConfig,
+    SheetConfig,
+    SynthConfig,
 )
 
 
 @main.command()
 @click.option("--data", required=True, type=click.Path(), help="JSONL, parquet file or folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--limit", type=int, default=8, show_default=True)
-@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+@click.option("--limit", type=int, default=SheetConfig.limit, show_default=True)
+@click.option("--box-format", type=click.Choice(BOX_FORMATS), default=DataConfig.box_format,
               show_default=True, help="Box format of rows that do not declare one.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--force", is_flag=True, help="Replace an --out that an earlier `views` wrote.")
 @view_options
@@ -79,7 +82,7 @@ def views(data, out, limit, box_format, on_bad_sample, force, **kw):
 @click.option("--like", type=click.Path(exists=True, dir_okay=False), default=None,
               help="verl: a parquet (e.g. the authors' prepared train.parquet) whose exact "
                    "schema ours takes, so both mix in one run.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, force):
@@ -203,7 +206,7 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
 @click.option("--limit", type=int, help="Read only the first N images (sorted by path).")
 @click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
               help="Your own boxes, COCO JSON (instead of the model's).")
-@click.option("--detector", type=click.Choice(["model", "sam3"]), default="model",
+@click.option("--detector", type=click.Choice(["model", "sam3"]), default=BuildConfig.detector,
               show_default=True, help="Refine the model's boxes with SAM3 (mlx-vlm).")
 @click.option("--detector-model", help="SAM3 checkpoint folder (with --detector sam3).")
 @click.option("--question", "template", help="A template question instead of the model's, "

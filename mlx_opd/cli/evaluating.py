@@ -24,9 +24,10 @@ from mlx_opd.cli.common import (
     pixel_options,
     view_options,
 )
+from mlx_opd.data.samples import BOX_FORMATS
 from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES
 from mlx_opd.evaluation.benchmarks.names import MAX_TOKENS as BENCH_MAX_TOKENS
-from mlx_opd.run.config import EvalConfig
+from mlx_opd.run.config import CompareConfig, DataConfig, EvalConfig
 
 
 @main.command()
@@ -37,11 +38,11 @@ from mlx_opd.run.config import EvalConfig
 @click.option("--box", multiple=True,
               help="Evidence box x1,y1,x2,y2 (see --box-format); repeat for several boxes "
                    "(--teacher-view crops); none with box-free views (--teacher-view clean).")
-@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+@click.option("--box-format", type=click.Choice(BOX_FORMATS), default=DataConfig.box_format,
               show_default=True)
 @click.option("--options", multiple=True,
               help="Multiple-choice options: repeat per option, or once comma-separated.")
-@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--max-tokens", type=int, default=CompareConfig.max_tokens, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @config_option
 @pixel_options
@@ -90,11 +91,11 @@ def compare(model, adapter, image, question, box, box_format, options, max_token
 @click.option("--model", required=True, help="Hub id or local model folder.")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
               help="A trained adapter (or RUN_DIR): its answers beside the base's.")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=CompareConfig.host, show_default=True,
               help="Where to listen; anything but loopback makes the page reachable from "
                    "other machines.")
-@click.option("--port", type=int, default=7860, show_default=True)
-@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--port", type=int, default=CompareConfig.port, show_default=True)
+@click.option("--max-tokens", type=int, default=CompareConfig.max_tokens, show_default=True)
 @config_option
 @pixel_options
 @view_options
@@ -150,9 +151,9 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
               help="Compare two evals: per category, the difference and its 95% CI.")
 @click.option("--force", is_flag=True, help="Benchmarks: move an --out with other settings "
                                             "aside and start over (default: refuse).")
-@click.option("--box-format", type=click.Choice(["xyxy", "xyxy_norm", "xywh"]), default="xyxy",
+@click.option("--box-format", type=click.Choice(BOX_FORMATS), default=DataConfig.box_format,
               show_default=True)
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--instruction", default=None,
               help="Answer instruction after the options (default: the benchmark one).")

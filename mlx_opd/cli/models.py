@@ -13,6 +13,7 @@ from mlx_opd.cli.common import FAMILIES, _fail, _offline_if_local, main
 from mlx_opd.preflight.doctor_bench import (
     BenchConfig,  # defaults for `doctor --help` (nothing heavy either)
 )
+from mlx_opd.run.config import ExportConfig
 from mlx_opd.toy.sizes import TinySize  # nothing heavy: --help stays instant
 
 
@@ -72,13 +73,14 @@ def tiny_model(family, like, out, seed, hidden_size, layers, heads, vision_depth
 @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False),
               help="RUN_DIR, a checkpoint folder or an adapter folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["hf", "peft", "mlx"]), default="hf",
+@click.option("--format", "fmt", type=click.Choice(["hf", "peft", "mlx"]),
+              default=ExportConfig.format,
               show_default=True)
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16",
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=ExportConfig.dtype,
               show_default=True, help="hf: weight dtype.")
 @click.option("--hf-source", help="hf: the original Hugging Face model (folder or hub id) for "
                                   "tokenizer and processor files; default: --model.")
-@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--max-shard-gb", type=float, default=ExportConfig.max_shard_gb, show_default=True)
 @click.option("--dequantize", is_flag=True, help="mlx: write float weights for a quantized base.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def export(model, adapter, out, fmt, dtype, hf_source, max_shard_gb, dequantize, force):

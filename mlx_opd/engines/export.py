@@ -34,6 +34,7 @@ from mlx_opd import models
 from mlx_opd.models.layouts import hf_name, to_hf_weights
 from mlx_opd.models.parts import dequantize
 from mlx_opd.models.parts import fuse_lora as fuse
+from mlx_opd.run.config import ExportConfig
 from mlx_opd.run.files import OutputExistsError, check_replaceable, write_dir_atomically
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -152,9 +153,9 @@ def open_adapter(base: str, adapter: str | Path):
     return base_path, adapter, loaded
 
 
-def export_hf(base: str, adapter: str | Path, out: str | Path, dtype: str = "bf16",
-              hf_source: str | None = None, force: bool = False,
-              max_shard_gb: float = 5.0) -> Path:
+def export_hf(base: str, adapter: str | Path, out: str | Path,
+              dtype: str = ExportConfig.dtype, hf_source: str | None = None, force: bool = False,
+              max_shard_gb: float = ExportConfig.max_shard_gb) -> Path:
     """Fused, dequantized Hugging Face checkpoint of base + adapter."""
     base_path, adapter, loaded = open_adapter(base, adapter)
     quantized = any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))

@@ -14,7 +14,7 @@ from mlx_opd.data import Sample
 from mlx_opd.method import rollout
 from mlx_opd.method.loss import generalized_jsd
 from mlx_opd.method.views import LETTERS, all_views
-from mlx_opd.run.config import PixelConfig, ViewConfig
+from mlx_opd.run.config import CompareConfig, PixelConfig, ViewConfig
 
 
 def option_probs(loaded: models.Loaded, first_logprobs, n_options: int) -> dict:
@@ -32,7 +32,8 @@ def option_probs(loaded: models.Loaded, first_logprobs, n_options: int) -> dict:
 
 
 def compare(loaded: models.Loaded, sample: Sample, view_cfg: ViewConfig = ViewConfig(),
-            pixels: PixelConfig = PixelConfig(), max_tokens: int = 32) -> dict:
+            pixels: PixelConfig = PixelConfig(),
+            max_tokens: int = CompareConfig.max_tokens) -> dict:
     """Answers of the three views and the gap probe, as a JSON-ready dict."""
     views = all_views(sample, view_cfg)
     encoded, out = {}, {}

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlx_opd.run.config import CompareConfig
+
 PAGE = Path(__file__).with_name("studio_page.html")
 
 
@@ -39,7 +41,7 @@ class Studio:
     adapter: str | None = None
     view_cfg: object = None
     pixels: object = None
-    max_tokens: int = 32
+    max_tokens: int = CompareConfig.max_tokens
     state: dict = field(default_factory=lambda: {"state": "starting", "message": ""})
 
     def __post_init__(self):
@@ -156,7 +158,7 @@ def app(studio: Studio, hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::
                      middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
 
 
-def server(studio: Studio, host: str = "127.0.0.1", port: int = 7860):
+def server(studio: Studio, host: str = CompareConfig.host, port: int = CompareConfig.port):
     """A uvicorn server for the app (call .run(), or run it in a thread in tests)."""
     import uvicorn
 

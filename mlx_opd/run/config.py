@@ -61,6 +61,31 @@ class EvalConfig:
     max_tokens: int = 8           # a letter, perhaps a full stop, then the stop token
 
 
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """`mlx-opd compare` and `studio`: one photo's greedy answers under each view."""
+
+    max_tokens: int = 32          # a short phrase, not only a letter: people read these
+    host: str = "127.0.0.1"       # studio: loopback only unless asked
+    port: int = 7860
+
+
+@dataclass(frozen=True)
+class SheetConfig:
+    """`mlx-opd views`: PNGs of each view for the first `limit` samples."""
+
+    limit: int = 8
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`mlx-opd export`: base + adapter as a Hugging Face checkpoint, PEFT or MLX folder."""
+
+    format: str = "hf"            # hf | peft | mlx
+    dtype: str = "bf16"           # hf: the weights' dtype (the real models ship bf16)
+    max_shard_gb: float = 5.0     # hf: safetensors shard size, as transformers writes them
+
 @dataclass(frozen=True)
 class SynthConfig:
     image_size: tuple[int, int] = (320, 240)

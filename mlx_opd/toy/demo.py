@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from mlx_opd.run.files import keep_edited, remove_own, seal
@@ -55,6 +55,7 @@ from mlx_opd.toy.demo_base import (  # noqa: F401  (moved to demo_base.py)
     RECIPE_VERSION,
     SFT_SEED_OFFSET,
     DemoRecipe,
+    Targets,
     _accuracies,
     _base_examples,
     build_base,
@@ -67,21 +68,6 @@ from mlx_opd.toy.demo_base import (  # noqa: F401  (moved to demo_base.py)
 )
 
 VAL_SEED_OFFSET = 6_000_007  # the demo run's validation scenes (best adapter, guards)
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What the demo must show on every machine (held-out split, the reported adapter)."""
-
-    min_gap_before: float = 0.3   # teacher (crop) - plain, before training
-    min_closed: float = 0.5       # share of that gap closed
-    min_plain_gain: float = 0.15  # plain accuracy up by at least this
-    max_crop_drop: float = 0.05   # crop accuracy down by at most this
-
-    def describe(self) -> str:
-        return (f"gap before >= {self.min_gap_before}, >= {self.min_closed:.0%} closed, plain "
-                f"+{self.min_plain_gain * 100:.0f} points, crop -{self.max_crop_drop * 100:.0f} "
-                "points at most")
 
 
 def missed_targets(summary: dict, t: Targets = Targets()) -> list[str]:

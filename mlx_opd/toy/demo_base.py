@@ -17,6 +17,22 @@ from mlx_opd.run.config import DegradeConfig, PixelConfig, SynthConfig, ViewConf
 SFT_SEED_OFFSET = 7_000_001  # the base's own scenes: disjoint from train / held-out
 CAL_SEED_OFFSET = 8_000_009  # the base's calibration scenes: disjoint from all others
 RECIPE_VERSION = 7           # bump when the base recipe's code changes (invalidates caches)
+VIEW_SEEDS = (0, 1)          # --compare-views: the rollout seeds of each run
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the demo must show on every machine (held-out split, the reported adapter)."""
+
+    min_gap_before: float = 0.3   # teacher (crop) - plain, before training
+    min_closed: float = 0.5       # share of that gap closed
+    min_plain_gain: float = 0.15  # plain accuracy up by at least this
+    max_crop_drop: float = 0.05   # crop accuracy down by at most this
+
+    def describe(self) -> str:
+        return (f"gap before >= {self.min_gap_before}, >= {self.min_closed:.0%} closed, plain "
+                f"+{self.min_plain_gain * 100:.0f} points, crop -{self.max_crop_drop * 100:.0f} "
+                "points at most")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from mlx_opd.toy.demo import (
     student_key,
     train_config,
 )
+from mlx_opd.toy.demo_base import VIEW_SEEDS
 
 
 def recipes(quick: bool = False) -> dict[str, tuple[DemoRecipe, tuple[str, ...]]]:
@@ -105,7 +106,7 @@ def run_one(r: DemoRecipe, base: Path, paths: dict, val_path: Path, held: list, 
 
 
 def compare_views(out: str | Path, quick: bool = False, cache: str | Path | None = None,
-                  seeds: tuple[int, ...] = (0, 1), log=print,
+                  seeds: tuple[int, ...] = VIEW_SEEDS, log=print,
                   modes: tuple[str, ...] | None = None) -> dict:
     """Both comparisons (or `modes`), every teacher, every seed; OUT/views.json and
     OUT/views.md."""
