@@ -27,8 +27,6 @@ from mlx_opd.builder.consensus import consensus
 from mlx_opd.builder.mining import mine
 from mlx_opd.builder.photos import (  # noqa: F401  (moved to photos.py)
     _batches,
-    _coco_check,
-    _region_dict,
     coco_index,
     open_photo,
     stage_images,

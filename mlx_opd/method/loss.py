@@ -41,20 +41,15 @@ import mlx.core as mx
 
 from mlx_opd.metal import kernels
 from mlx_opd.method.divergence import (  # noqa: F401  (moved to divergence.py)
-    _ROW_FNS,
     AUTHORS_TAIL_FLOOR,
     EXACT_TAIL_FLOOR,
-    KINDS,
     REDUCTIONS,
     ROW_CHUNK,
     DivergenceSpec,
-    _dense_softmax_scaled,
     _make_full_rows,
     _make_sampled_rows,
     _make_topk_rows,
     _row_fn,
-    _scaled,
-    _topk_side,
     bucket_terms,
     chunked,
     generalized_jsd,

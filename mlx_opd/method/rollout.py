@@ -46,7 +46,6 @@ import mlx.core as mx
 from mlx_opd import models
 from mlx_opd.method import prefix
 from mlx_opd.method.answer_one import (  # noqa: F401  (moved to answer_one.py)
-    Sampled,
     sample,
 )
 from mlx_opd.models import parts

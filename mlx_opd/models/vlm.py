@@ -31,17 +31,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_opd.models.head import (  # noqa: F401  (moved to head.py)
-    _Identity,
     apply_head,
     head_as_identity,
     lm_head,
     lm_head_key,
 )
 from mlx_opd.models.hub import (  # noqa: F401  (moved to hub.py)
-    _HUB_ID,
     AdapterMismatchError,
     ModelNotFoundError,
-    _cached_snapshot,
     base_identity,
     check_adapter_config,
     resolve_path,

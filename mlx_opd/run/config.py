@@ -12,8 +12,6 @@ from mlx_opd.run.view_config import (  # noqa: F401  (moved to view_config.py)
     ANSWER_INSTRUCTION,
     AUTHORS_HINT,
     AUTHORS_HINT_PLURAL,
-    DEFAULT_DEGRADATIONS,
-    DEGRADATIONS,
     STUDENT_VIEWS,
     TEACHER_VIEWS,
     DegradeConfig,

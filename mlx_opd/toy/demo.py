@@ -50,17 +50,12 @@ from pathlib import Path
 
 from mlx_opd.run.files import keep_edited, remove_own, seal
 from mlx_opd.toy.demo_base import (  # noqa: F401  (moved to demo_base.py)
-    CAL_SEED_OFFSET,
     QUICK,
-    RECIPE_VERSION,
-    SFT_SEED_OFFSET,
     DemoRecipe,
     Targets,
     _accuracies,
     _base_examples,
     build_base,
-    calibrate,
-    gap_ok,
     pixels,
     student_key,
     tiny_size,
