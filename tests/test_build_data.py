@@ -250,6 +250,21 @@ def test_config_errors_say_how_to_fix():
         BuildConfig(limit=0)
 
 
+
+def test_flat_settings_fill_the_nested_config():
+    """build-data's options, flat, land in their sections; None keeps each default."""
+    from mlx_opd.builder.config import ConsensusConfig, from_flat
+
+    cfg = from_flat({"images": "p", "model": "m", "k": 5, "m": None, "mining": False,
+                     "min_side": 30, "template": "Is the {label} red?",
+                     "options": ("yes", "no"), "limit": None})
+    assert (cfg.images, cfg.consensus.k, cfg.regions.min_side) == ("p", 5, 30)
+    assert cfg.mining == MiningConfig(enabled=False) and cfg.limit is None
+    assert cfg.questions.options == ("yes", "no") and cfg.regions.max_area_ratio == \
+        RegionConfig.max_area_ratio and ConsensusConfig().k != 5
+    with pytest.raises(ValueError, match="unknown settings colour"):
+        from_flat({"colour": "red"})
+
 # --- end to end, through mlx-vlm's real loader ------------------------------------------
 
 def _photos(folder: Path, n: int = 3) -> Path:

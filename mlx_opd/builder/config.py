@@ -139,3 +139,28 @@ def to_dict(cfg) -> dict:
         out[f.name] = to_dict(v) if hasattr(v, "__dataclass_fields__") else (
             list(v) if isinstance(v, tuple) else v)
     return out
+
+
+# the flat settings (build-data's options) each nested section reads: flat name -> field
+_SECTIONS = {
+    "regions": (RegionConfig, {"max_area_ratio": "max_area_ratio", "min_side": "min_side"}),
+    "questions": (QuestionConfig, {"template": "template", "options": "options",
+                                   "styles": "styles", "validate": "validate"}),
+    "consensus": (ConsensusConfig, {"k": "k"}),
+    "mining": (MiningConfig, {"m": "m", "max_full_acc": "max_full_acc",
+                              "mining": "enabled"}),
+}
+
+
+def from_flat(settings: dict, views: ViewConfig | None = None) -> BuildConfig:
+    """A BuildConfig from flat settings (build-data's options, by field name); a None
+    leaves the dataclass default. Nested sections take the names in _SECTIONS."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    nested = {name: cls(**{f: given.pop(flat) for flat, f in names.items() if flat in given})
+              for name, (cls, names) in _SECTIONS.items()}
+    top = {f.name for f in fields(BuildConfig)}
+    unknown = sorted(set(given) - top)
+    if unknown:
+        raise ValueError(f"build-data: unknown settings {', '.join(unknown)}")
+    return BuildConfig(**given, **nested, **({"views": views} if views is not None else {}))
+

@@ -193,6 +193,12 @@ def synth(out, n, n_heldout, seed, image_size, evidence_size, clutter, distracto
                "  (what the student and the teacher will see)")
 
 
+# build-data's options that are BuildConfig fields (or its sections') under the same name
+BUILD_OPTIONS = ("images", "model", "out", "mine_with", "adapter", "limit", "boxes", "detector",
+                 "detector_model", "max_pixels", "heldout_share", "batch", "seed",
+                 "max_area_ratio", "min_side", "template", "k", "m", "max_full_acc")
+
+
 @main.command("build-data")
 @click.option("--images", required=True, type=click.Path(file_okay=False),
               help="A folder of photos (searched recursively).")
@@ -236,13 +242,7 @@ def build_data(run_config, force, **kw):
     mining for the model to be trained (docs/build-data.md)."""
     import dataclasses
 
-    from mlx_opd.builder.config import (
-        BuildConfig,
-        ConsensusConfig,
-        MiningConfig,
-        QuestionConfig,
-        RegionConfig,
-    )
+    from mlx_opd.builder.config import from_flat
     from mlx_opd.builder.pipeline import build_data as run
     from mlx_opd.builder.pipeline import summary_text
     from mlx_opd.run.errors import DataError
@@ -250,25 +250,12 @@ def build_data(run_config, force, **kw):
     base = _run_config(run_config)
     views = _view_cfg(kw, base.views if base else None)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip()) if v else None  # noqa: E731
-    pick = lambda **d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
+    flat = {k: v for k, v in kw.items() if k in BUILD_OPTIONS}
+    flat.update(options=split(kw["options"]), styles=split(kw["styles"]),
+                validate=False if kw["no_validate"] else None,
+                mining=False if kw["no_mining"] else None)
     try:
-        cfg = BuildConfig(
-            **pick(images=kw["images"], model=kw["model"], out=kw["out"],
-                   mine_with=kw["mine_with"], adapter=kw["adapter"], limit=kw["limit"],
-                   boxes=kw["boxes"], detector=kw["detector"],
-                   detector_model=kw["detector_model"], max_pixels=kw["max_pixels"],
-                   heldout_share=kw["heldout_share"],
-                   batch=kw["batch"], seed=kw["seed"]),
-            regions=RegionConfig(**pick(max_area_ratio=kw["max_area_ratio"],
-                                        min_side=kw["min_side"])),
-            questions=QuestionConfig(**pick(template=kw["template"],
-                                            options=split(kw["options"]),
-                                            styles=split(kw["styles"]),
-                                            validate=False if kw["no_validate"] else None)),
-            consensus=ConsensusConfig(**pick(k=kw["k"])),
-            mining=MiningConfig(**pick(m=kw["m"], max_full_acc=kw["max_full_acc"],
-                                       enabled=False if kw["no_mining"] else None)),
-            views=views)
+        cfg = from_flat(flat, views)
         for m in {cfg.model, cfg.miner}:
             _offline_if_local(m)
         rep = run(cfg, force=force)
