@@ -19,8 +19,7 @@ Engines, each given the same prompts, rows and answer lengths:
 Workloads (mlx_opd/toy/answer_lengths.py): `varying`, each row's length drawn from the stated
 mix of direct and reasoned answers and forced with a logits processor (the same lengths
 for every engine: the batched form for ours, the per-row form for mlx-vlm's); `fixed`,
-every row runs to --max-tokens, with no
-processor (as `before` runs it).
+every row runs to --max-tokens, with no processor (as `before` runs it).
 
 Models: the ~100M random model of benchmarks/train_step.py with a 448x448 image, and a
 replica with Qwen2.5-VL-3B's widths (2 decoder layers, 2 vision layers, random weights,
@@ -65,6 +64,26 @@ BEFORE = "39de53d"  # the last commit with the loop that kept finished rows
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class PromptSet:
+    """One shape's prompts: (image path, question, encoded student prompt) items, and their
+    input features, computed on first use, as the step computes them once for the rollout
+    and the student's scoring (step.roll_out), then reused by every engine and repeat."""
+
+    def __init__(self, items: list):
+        self.items = items
+        self.encs = [e for _, _, e in items]
+        self._features = None
+
+    def features(self, loaded) -> tuple[list, float]:
+        """(the prompts' input features, the seconds they took)."""
+        if self._features is None:
+            t0 = time.perf_counter()
+            feats = [models.input_features(loaded.model, e) for e in self.encs]
+            mx.eval(feats)
+            self._features = feats, time.perf_counter() - t0
+        return self._features
+
+
 def loop_before():
     """sample_prompts of rollout.py at BEFORE, as a module of the package; its imports
     point at today's models and prefix (mlx_opd/method/ since the package layout), whose
@@ -85,11 +104,12 @@ def loop_before():
     return module.sample_prompts
 
 
-def run_before(loaded, encs, n, T) -> dict:
+def run_before(loaded, ps: PromptSet, n, T) -> dict:
+    encs = ps.encs
     keys = [mx.random.key(p) for p in range(len(encs))]
     sample = loop_before()
     mx.reset_peak_memory()
-    feats, vision = image_features(loaded, encs)
+    feats, vision = ps.features(loaded)
     t0 = time.perf_counter()
     outs = sample(loaded, encs, n, T, 1.0, keys, features=feats)
     seconds = time.perf_counter() - t0
@@ -125,29 +145,12 @@ def prompts(loaded, workdir: Path, count: int, size):
     return out
 
 
-_FEATURES: dict = {}  # id(encs) -> (features, seconds): computed once per set of prompts
-
-
-def image_features(loaded, encs) -> tuple[list, float]:
-    """Each prompt's input features, as the step computes them once for the rollout and
-    the student's scoring (step.roll_out), and the seconds it took; computed once per set
-    of prompts and reused by every engine and repeat (they are the same arrays)."""
-    key = id(encs)
-    if key not in _FEATURES:
-        t0 = time.perf_counter()
-        feats = [models.input_features(loaded.model, e) for e in encs]
-        mx.eval(feats)
-        _FEATURES.clear()
-        _FEATURES[key] = (feats, time.perf_counter() - t0, encs)
-    feats, seconds, _ = _FEATURES[key]
-    return feats, seconds
-
-
-def run_ours(loaded, encs, n, T, lengths, leave: bool, room: int = 0) -> dict:
+def run_ours(loaded, ps: PromptSet, n, T, lengths, leave: bool, room: int = 0) -> dict:
+    encs = ps.encs
     eos = tuple(models.eos_token_ids(loaded))
     keys = [mx.random.key(p) for p in range(len(encs))]
     mx.reset_peak_memory()
-    feats, vision = image_features(loaded, encs)
+    feats, vision = ps.features(loaded)
     t0 = time.perf_counter()
     # the fixed-length workload needs no processor (as `before` runs it, a random model's
     # rows hardly ever stop early); the varying one forces each row's EOS
@@ -233,28 +236,15 @@ def skipped(patterns, cell_id) -> bool:
                for pat in patterns)
 
 
-_ENCS: dict = {}
-
-
-def items_encs(items) -> list:
-    """The encoded prompts of `items`, the same list object every time (image_features
-    keys its cache by it)."""
-    if id(items) not in _ENCS:
-        _ENCS.clear()
-        _ENCS[id(items)] = ([e for _, _, e in items], items)
-    return _ENCS[id(items)][0]
-
-
-def measure(loaded, items, n, T, workload, engine, seed) -> dict:
-    rows = len(items) * n
+def measure(loaded, ps: PromptSet, n, T, workload, engine, seed) -> dict:
+    rows = len(ps.items) * n
     lengths = draw_lengths(rows, T, seed) if workload == "varying" else fixed_lengths(rows, T)
-    encs = items_encs(items)
     if engine == "before":
-        return run_before(loaded, encs, n, T)
+        return run_before(loaded, ps, n, T)
     if engine == "batch_generate":
-        return run_batch_generate(loaded, items, n, T, lengths)
+        return run_batch_generate(loaded, ps.items, n, T, lengths)
     name, _, room = engine.partition("@")
-    return run_ours(loaded, encs, n, T, lengths, leave=name == "ours", room=int(room or 0))
+    return run_ours(loaded, ps, n, T, lengths, leave=name == "ours", room=int(room or 0))
 
 
 def main():
@@ -283,7 +273,7 @@ def main():
             work.mkdir()
             loaded, size = build_model(name, work)
             warm = prompts(loaded, work, 1, size)
-            run_ours(loaded, [e for _, _, e in warm], 2, 4, [3, 5], True)  # kernels, caches
+            run_ours(loaded, PromptSet(warm), 2, 4, [3, 5], True)  # kernels, caches
             if "engine_checks" not in out:
                 from PIL import Image
 
@@ -292,7 +282,7 @@ def main():
                 print(json.dumps(out["engine_checks"]), flush=True)
             for shape in args.shapes.split(","):
                 P, n = (int(x) for x in shape.split("x"))
-                items = prompts(loaded, work, P, size)
+                ps = PromptSet(prompts(loaded, work, P, size))
                 for workload in args.workloads.split(","):
                     extra = [f"loop@{args.room}", f"ours@{args.room}"] \
                         if 0 < args.room < P else []
@@ -302,7 +292,7 @@ def main():
                             continue  # it has no logits processor: fixed lengths only
                         rec = {"model": name, "image": list(size), "prompts": P, "rows": n,
                                "workload": workload, "engine": engine,
-                               "prompt_tokens": items[0][2].prompt_len}
+                               "prompt_tokens": ps.encs[0].prompt_len}
                         if skipped(skip, (name, shape, workload, engine)):
                             rec["skipped"] = "--skip"
                         cells.append(rec)
@@ -313,7 +303,7 @@ def main():
                     order = ([r for _ in range(args.repeats) for r in live] if args.interleave
                              else [r for r in live for _ in range(args.repeats)])
                     for r in order:
-                        runs[r["engine"]].append(measure(loaded, items, n, args.max_tokens,
+                        runs[r["engine"]].append(measure(loaded, ps, n, args.max_tokens,
                                                          workload, r["engine"], args.seed))
                     for rec in cells:
                         if "skipped" not in rec:
