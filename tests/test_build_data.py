@@ -250,7 +250,6 @@ def test_config_errors_say_how_to_fix():
         BuildConfig(limit=0)
 
 
-
 def test_flat_settings_fill_the_nested_config():
     """build-data's options, flat, land in their sections; None keeps each default."""
     from mlx_opd.builder.config import ConsensusConfig, from_flat
@@ -264,6 +263,7 @@ def test_flat_settings_fill_the_nested_config():
         RegionConfig.max_area_ratio and ConsensusConfig().k != 5
     with pytest.raises(ValueError, match="unknown settings colour"):
         from_flat({"colour": "red"})
+
 
 # --- end to end, through mlx-vlm's real loader ------------------------------------------
 

@@ -163,4 +163,3 @@ def from_flat(settings: dict, views: ViewConfig | None = None) -> BuildConfig:
     if unknown:
         raise ValueError(f"build-data: unknown settings {', '.join(unknown)}")
     return BuildConfig(**given, **nested, **({"views": views} if views is not None else {}))
-

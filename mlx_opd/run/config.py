@@ -59,7 +59,6 @@ class EvalConfig:
     max_tokens: int = 8           # a letter, perhaps a full stop, then the stop token
 
 
-
 @dataclass(frozen=True)
 class CompareConfig:
     """`mlx-opd compare` and `studio`: one photo's greedy answers under each view."""
@@ -83,6 +82,7 @@ class ExportConfig:
     format: str = "hf"            # hf | peft | mlx
     dtype: str = "bf16"           # hf: the weights' dtype (the real models ship bf16)
     max_shard_gb: float = 5.0     # hf: safetensors shard size, as transformers writes them
+
 
 @dataclass(frozen=True)
 class SynthConfig:
