@@ -19,6 +19,7 @@ from mlx_opd.cli.common import (
 )
 from mlx_opd.data.samples import BOX_FORMATS
 from mlx_opd.run.config import (  # defaults for --help (config.py imports nothing heavy)
+    BAD_SAMPLE_RULES,
     DataConfig,
     SheetConfig,
     SynthConfig,
@@ -31,7 +32,8 @@ from mlx_opd.run.config import (  # defaults for --help (config.py imports nothi
 @click.option("--limit", type=int, default=SheetConfig.limit, show_default=True)
 @click.option("--box-format", type=click.Choice(BOX_FORMATS), default=DataConfig.box_format,
               show_default=True, help="Box format of rows that do not declare one.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_RULES),
+              default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--force", is_flag=True, help="Replace an --out that an earlier `views` wrote.")
 @view_options
@@ -82,7 +84,8 @@ def views(data, out, limit, box_format, on_bad_sample, force, **kw):
 @click.option("--like", type=click.Path(exists=True, dir_okay=False), default=None,
               help="verl: a parquet (e.g. the authors' prepared train.parquet) whose exact "
                    "schema ours takes, so both mix in one run.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_RULES),
+              default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def export_data(data, out, fmt, config, model, image_root, like, on_bad_sample, force):

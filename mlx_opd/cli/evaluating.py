@@ -27,7 +27,7 @@ from mlx_opd.cli.common import (
 from mlx_opd.data.samples import BOX_FORMATS
 from mlx_opd.evaluation.benchmarks.names import BENCHMARK_NAMES
 from mlx_opd.evaluation.benchmarks.names import MAX_TOKENS as BENCH_MAX_TOKENS
-from mlx_opd.run.config import CompareConfig, DataConfig, EvalConfig
+from mlx_opd.run.config import BAD_SAMPLE_RULES, CompareConfig, DataConfig, EvalConfig
 
 
 @main.command()
@@ -153,7 +153,8 @@ def studio(model, adapter, host, port, max_tokens, run_config, **kw):
                                             "aside and start over (default: refuse).")
 @click.option("--box-format", type=click.Choice(BOX_FORMATS), default=DataConfig.box_format,
               show_default=True)
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=DataConfig.on_bad_sample,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_RULES),
+              default=DataConfig.on_bad_sample,
               show_default=True)
 @click.option("--instruction", default=None,
               help="Answer instruction after the options (default: the benchmark one).")

@@ -11,6 +11,7 @@ import click
 
 from mlx_opd.cli.common import _fail, _offline_if_local, _parse_set, main
 from mlx_opd.preflight.plan import CHIPS  # plan.py imports nothing heavy at module level
+from mlx_opd.run.config import BAD_SAMPLE_RULES
 
 
 @main.command()
@@ -35,7 +36,7 @@ from mlx_opd.preflight.plan import CHIPS  # plan.py imports nothing heavy at mod
                    "peak exceeds it stops before loading weights, with advice.")
 @click.option("--skip-memory-check", is_flag=True,
               help="Start even when `plan` predicts the run cannot fit.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=None,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_RULES), default=None,
               help="A bad data row stops the run (error, the default) or is skipped and "
                    "counted (skip); data.on_bad_sample.")
 def train(config, model, data, out, max_steps, save_every, seed, resume_dir, sets, force,
@@ -114,7 +115,7 @@ def _memory_check(cfg, memory_gb):
               help="--chip: a finished RUN_DIR whose answer lengths (metrics.jsonl) replace "
                    "rollout.max_tokens in the time estimate.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the plan as JSON.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default=None,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_RULES), default=None,
               help="data.on_bad_sample for the rows read.")
 def plan_cmd(config, model, data, sets, memory_gb, chip, backend, answers_from, json_out,
              on_bad_sample):

@@ -28,6 +28,9 @@ STEP_REDUCTIONS = ("token_mean", "sequence_mean")  # per step; loss.py adds "non
 TEACHER_MODES = ("ema", "frozen", "live")
 
 
+BAD_SAMPLE_RULES = ("error", "skip")  # a bad row stops the read, or is skipped and counted
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where samples come from and how they are read."""
@@ -41,7 +44,7 @@ class DataConfig:
     columns: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        choose("data.on_bad_sample", self.on_bad_sample, ("error", "skip"))
+        choose("data.on_bad_sample", self.on_bad_sample, BAD_SAMPLE_RULES)
         choose("data.format", self.format, ("auto", "jsonl", "vision_opd", "parquet"))
 
 
